@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The one set-up command: a virtual environment in .venv with llama-host and its pinned
+# dependencies, and llama.cpp (through llama-cpp-python, built from source) for the right backend.
+# Idempotent; a second run takes seconds: the llama.cpp wheel built for each configuration is kept
+# in ~/.cache/llama-host/wheels (LLAMA_HOST_CACHE), so fresh clones reuse it too.
+#
+#   ./build.sh                          # CUDA if nvcc + an NVIDIA GPU, Metal on macOS, else CPU
+#   LLAMA_HOST_BACKEND=cpu ./build.sh   # or cuda | metal | vulkan
+#   PYTHON=python3.12 ./build.sh        # the interpreter for .venv (>= 3.10)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+LLAMA_CPP_PYTHON=0.3.36 # exact: its ctypes declarations match the llama.cpp it vendors
+CACHE=.cache
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'build.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# --- prerequisites -------------------------------------------------------------------------
+PY=${PYTHON:-python3}
+command -v "$PY" >/dev/null || die "$PY not found: install Python >= 3.10 (or set PYTHON=...)"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
+  die "Python >= 3.10 is required, $PY is $("$PY" -V 2>&1)"
+"$PY" -c 'import venv, ensurepip' 2>/dev/null ||
+  die "$PY cannot create virtual environments: install its venv module (Debian: apt-get install python3-venv)"
+for tool in cc c++ cmake; do
+  command -v "$tool" >/dev/null ||
+    die "'$tool' not found: llama.cpp is compiled from source (Debian: apt-get install build-essential cmake; macOS: xcode-select --install && brew install cmake)"
+done
+
+# --- virtual environment -------------------------------------------------------------------
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $("$PY" -V 2>&1)"
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# --- llama.cpp source: the pinned sdist (tests use its vocab GGUFs and chat templates) --------
+SDIST=$CACHE/sdist/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz
+SRC=$CACHE/llama-cpp-python-$LLAMA_CPP_PYTHON
+if [ ! -f "$SDIST" ]; then
+  say "downloading the llama-cpp-python $LLAMA_CPP_PYTHON source distribution"
+  "$VPY" -m pip download -q --no-deps --no-binary :all: -d "$CACHE/sdist" "llama-cpp-python==$LLAMA_CPP_PYTHON"
+fi
+if [ ! -d "$SRC" ]; then
+  say "unpacking it into $SRC"
+  mkdir -p "$SRC.tmp" && tar -xzf "$SDIST" -C "$SRC.tmp" --strip-components=1 && mv "$SRC.tmp" "$SRC"
+fi
+
+# --- backend -------------------------------------------------------------------------------
+backend=${LLAMA_HOST_BACKEND:-}
+if [ -z "$backend" ]; then
+  if [ "$(uname -s)" = Darwin ]; then backend=metal
+  elif command -v nvcc >/dev/null && command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then backend=cuda
+  else backend=cpu; fi
+fi
+cmake_args="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+case "$backend" in
+  cpu) ;;
+  cuda) command -v nvcc >/dev/null || die "LLAMA_HOST_BACKEND=cuda needs nvcc (the CUDA toolkit) on PATH"
+        cmake_args="$cmake_args -DGGML_CUDA=ON" ;;
+  metal) [ "$(uname -s)" = Darwin ] || die "LLAMA_HOST_BACKEND=metal works on macOS only"
+         cmake_args="$cmake_args -DGGML_METAL=ON" ;;
+  vulkan) cmake_args="$cmake_args -DGGML_VULKAN=ON" ;;
+  *) die "LLAMA_HOST_BACKEND must be cpu, cuda, metal or vulkan, not '$backend'" ;;
+esac
+
+# AMX: some VMs advertise it in CPUID, so -march=native compiles ggml's AMX kernels in, yet the
+# first AMX instruction raises SIGILL. Compile AMX out only where the probe sees it fault; where
+# it works (or the kernel refuses it and ggml skips it by itself) the native build stays as is.
+# The host also checks at run time (engine/amx.py), for a library built on another machine.
+cflags=""
+if echo | cc -march=native -dM -E - 2>/dev/null | grep -q __AMX_INT8__; then
+  amx=$("$PY" host/llama_host/engine/amx.py || true)
+  if [ "$amx" = faulting ]; then
+    say "this CPU advertises AMX but AMX instructions fault: building llama.cpp without AMX"
+    cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  fi
+fi
+
+# --- llama.cpp, built into a wheel kept per configuration -----------------------------------
+key="$backend-$(printf '%s|%s|%s|%s' "$LLAMA_CPP_PYTHON" "$cmake_args" "$cflags" "$(uname -m)" | cksum | cut -d' ' -f1)"
+WHEELS=${LLAMA_HOST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llama-host}/wheels/$key
+wheel=$(ls "$WHEELS"/llama_cpp_python-*.whl 2>/dev/null | head -n1 || true)
+if [ -z "$wheel" ]; then
+  say "building llama.cpp for $backend (llama-cpp-python $LLAMA_CPP_PYTHON; several minutes, once)"
+  mkdir -p "$WHEELS"
+  CMAKE_ARGS="$cmake_args" CFLAGS="$cflags" CXXFLAGS="$cflags" \
+    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)} \
+    "$VPY" -m pip wheel -q --no-deps -w "$WHEELS.tmp" "$SDIST"
+  mv "$WHEELS.tmp"/llama_cpp_python-*.whl "$WHEELS"/ && rmdir "$WHEELS.tmp"
+  wheel=$(ls "$WHEELS"/llama_cpp_python-*.whl | head -n1)
+fi
+if [ "$(cat .venv/.llama-build 2>/dev/null)" != "$key" ]; then
+  say "installing llama.cpp ($backend) into .venv"
+  "$VPY" -m pip install -q --force-reinstall --no-deps "$wheel"
+  echo "$key" >.venv/.llama-build
+fi
+
+# --- llama-host and its pinned dependencies -----------------------------------------------
+say "installing llama-host and its dependencies"
+"$VPY" -m pip install -q -e ".[test]" -c constraints.txt
+
+say "done: backend $backend; run tests with: .venv/bin/python -m pytest"

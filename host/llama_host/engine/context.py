@@ -1,0 +1,128 @@
+"""A llama.cpp context (KV cache + compute) over a model, and the token batch it decodes."""
+
+from __future__ import annotations
+
+import os
+
+from llama_host.engine import lib
+from llama_host.engine.model import Model
+
+C = lib.C
+
+
+class DecodeError(RuntimeError):
+    """``llama_decode`` failed; ``code`` is its return value (1: no KV slot, <0: error)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"llama_decode failed with {code}")
+        self.code = code
+
+
+def default_threads() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+class Batch:
+    """A ``llama_batch`` with room for ``capacity`` tokens, filled with :meth:`add`."""
+
+    def __init__(self, capacity: int, n_seq_max: int = 1) -> None:
+        self.capacity = capacity
+        self._b = C.llama_batch_init(capacity, 0, n_seq_max)
+        self.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        """Append a token; returns its index in the batch (the ``idx`` to sample its logits)."""
+        i = self.n_tokens
+        if i >= self.capacity:
+            raise OverflowError(f"batch is full ({self.capacity} tokens)")
+        b = self._b
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq_id
+        b.logits[i] = logits
+        self.n_tokens = b.n_tokens = i + 1
+        return i
+
+    def clear(self) -> None:
+        self.n_tokens = self._b.n_tokens = 0
+
+    @property
+    def raw(self):
+        return self._b
+
+    def close(self) -> None:
+        if self._b is not None:
+            C.llama_batch_free(self._b)
+            self._b = None
+
+    def __enter__(self) -> Batch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Context:
+    """One ``llama_context``: ``n_ctx`` KV cells shared by up to ``n_seq_max`` sequences."""
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        n_ctx: int = 0,
+        n_batch: int = 512,
+        n_ubatch: int | None = None,
+        n_seq_max: int = 1,
+        n_threads: int | None = None,
+        embeddings: bool = False,
+        flash_attn: bool | None = None,
+    ) -> None:
+        self.model = model
+        params = C.llama_context_default_params()
+        params.n_ctx = n_ctx or model.info.n_ctx_train
+        params.n_batch = n_batch
+        params.n_ubatch = n_ubatch or n_batch
+        params.n_seq_max = n_seq_max
+        params.n_threads = params.n_threads_batch = n_threads or default_threads()
+        params.embeddings = embeddings
+        params.no_perf = True
+        if flash_attn is not None:  # None: llama.cpp decides (on where the backend supports it)
+            params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self._ptr = C.llama_init_from_model(model.ptr, params)
+        if not self._ptr:
+            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+        self.n_ctx = C.llama_n_ctx(self._ptr)
+        self.n_batch = C.llama_n_batch(self._ptr)
+        self.n_seq_max = n_seq_max
+        self._memory = C.llama_get_memory(self._ptr)
+
+    @property
+    def ptr(self):
+        if not self._ptr:
+            raise RuntimeError("context is closed")
+        return self._ptr
+
+    def decode(self, batch: Batch) -> None:
+        rc = C.llama_decode(self.ptr, batch.raw)
+        if rc != 0:
+            raise DecodeError(rc)
+
+    def clear(self) -> None:
+        """Forget every sequence's KV cells."""
+        C.llama_memory_clear(self._memory, True)
+
+    def remove(self, seq_id: int, p0: int = 0, p1: int = -1) -> bool:
+        """Drop positions [p0, p1) of a sequence (p1 < 0: to the end)."""
+        return bool(C.llama_memory_seq_rm(self._memory, seq_id, p0, p1))
+
+    def close(self) -> None:
+        if self._ptr:
+            C.llama_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,73 @@
+"""libllama, through the low-level ctypes module of llama-cpp-python (pinned exactly).
+
+``C`` is that module; everything else in the engine calls llama.cpp through it. ctypes releases
+the GIL during each foreign call, so ``llama_decode`` runs in parallel with Python threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+
+import llama_cpp.llama_cpp as C
+
+log = logging.getLogger("llama_host.llama_cpp")
+
+# enum ggml_log_level in the vendored ggml.h
+_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
+_GGML_LOG_LEVEL_CONT = 5
+
+_init_lock = threading.Lock()
+_initialised = False
+_pending = bytearray()  # llama.cpp logs a line in pieces; forward whole lines
+_pending_level = logging.DEBUG
+
+
+@C.llama_log_callback
+def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    # Never raise into C. llama.cpp's INFO output (load details) goes to DEBUG: it is noisy.
+    global _pending_level
+    try:
+        if level != _GGML_LOG_LEVEL_CONT:
+            _pending_level = _LEVELS.get(level, logging.DEBUG)
+        _pending.extend(text or b"")
+        while (nl := _pending.find(b"\n")) >= 0:
+            line = bytes(_pending[:nl]).decode("utf-8", "replace")
+            del _pending[: nl + 1]
+            if line.strip():
+                log.log(_pending_level, "%s", line)
+    except Exception:  # pragma: no cover - logging must not break inference
+        pass
+
+
+def init_backend() -> None:
+    """Initialise llama.cpp once per process and route its log into ``logging``."""
+    global _initialised
+    with _init_lock:
+        if _initialised:
+            return
+        C.llama_log_set(_log_callback, ctypes.c_void_p(0))
+        C.llama_backend_init()
+        _initialised = True
+
+
+def system_info() -> str:
+    """llama.cpp's feature line, e.g. ``CPU : SSE3 = 1 | AVX2 = 1 | ... | REPACK = 1 |``."""
+    init_backend()
+    return C.llama_print_system_info().decode("utf-8", "replace")
+
+
+def system_features() -> dict[str, str]:
+    """The ``NAME = value`` pairs of :func:`system_info`."""
+    features = {}
+    for part in system_info().split("|"):
+        name, sep, value = part.rpartition("=")
+        if sep:
+            features[name.split(":")[-1].strip()] = value.strip()
+    return features
+
+
+def supports_gpu_offload() -> bool:
+    init_backend()
+    return bool(C.llama_supports_gpu_offload())

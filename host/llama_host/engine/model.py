@@ -1,0 +1,207 @@
+"""A loaded GGUF model: metadata, tokenizer, and the offload decision for a WASI-NN target."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import enum
+import logging
+import os
+from pathlib import Path
+
+from llama_host.engine import lib
+from llama_host.engine.amx import AmxState, amx_state
+
+C = lib.C
+log = logging.getLogger(__name__)
+
+
+class Target(enum.IntEnum):
+    """WASI-NN execution targets (the numbers are the ABI's)."""
+
+    CPU = 0
+    GPU = 1
+    TPU = 2
+    AUTO = 3
+
+
+class ModelLoadError(RuntimeError):
+    """llama.cpp could not load the file (corrupt, unsupported architecture, out of memory)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    name: str
+    architecture: str
+    description: str  # llama.cpp's one-line summary, e.g. "llama ?B Q4_0"
+    n_ctx_train: int
+    n_embd: int
+    n_vocab: int
+    n_params: int
+    size_bytes: int
+    chat_template: str | None
+    bos_id: int | None
+    eos_id: int | None
+    bos_token: str  # token text, as chat templates use it ("" when the model has none)
+    eos_token: str
+    add_bos: bool
+    n_gpu_layers: int
+
+
+def offload_layers(target: Target) -> int:
+    """Layers to offload for a target: CPU none; GPU and AUTO all (a negative count means all)."""
+    if target is Target.CPU:
+        return 0
+    if not lib.supports_gpu_offload():
+        if target is Target.GPU:
+            log.warning("target GPU requested, but this llama.cpp build has no GPU backend: running on the CPU")
+        return 0
+    return -1
+
+
+def _extra_buffer_types_safe() -> bool:
+    """Extra buffer types carry AMX kernels and weight repacking. Turn them off only when the
+    library has AMX compiled in and AMX faults here; build.sh avoids that case on this machine."""
+    if lib.system_features().get("AMX_INT8") == "1" and amx_state() is AmxState.FAULTING:
+        log.warning(
+            "llama.cpp was built with AMX, but AMX instructions fault on this CPU: loading without "
+            "extra buffer types (no AMX, no weight repacking). Run ./build.sh here to rebuild without AMX."
+        )
+        return False
+    return True
+
+
+class Model:
+    """One ``llama_model``; free it with ``close()`` or a ``with`` block, never the GC."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        target: Target = Target.CPU,
+        n_gpu_layers: int | None = None,
+        vocab_only: bool = False,
+    ) -> None:
+        lib.init_backend()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model file not found: {self.path}")
+        params = C.llama_model_default_params()
+        params.n_gpu_layers = offload_layers(target) if n_gpu_layers is None else n_gpu_layers
+        params.vocab_only = vocab_only
+        params.use_extra_bufts = _extra_buffer_types_safe()
+        self._ptr = C.llama_model_load_from_file(os.fsencode(self.path), params)
+        if not self._ptr:
+            raise ModelLoadError(f"llama.cpp could not load {self.path} (see the log for why)")
+        self.vocab = C.llama_model_get_vocab(self._ptr)
+        self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
+        self.info = self._read_info(params.n_gpu_layers)
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    @property
+    def ptr(self):
+        if not self._ptr:
+            raise RuntimeError("model is closed")
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr:
+            C.llama_model_free(self._ptr)
+            self._ptr = None
+            self.vocab = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- metadata ---------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as text, or None when absent."""
+        size = 256
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = C.llama_model_meta_val_str(self.ptr, key.encode(), buf, size)
+            if n < 0:
+                return None
+            if n < size:
+                return buf.value.decode("utf-8", "replace")
+            size = n + 1
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary entry of a token (e.g. ``<s>``), as chat templates see it."""
+        raw = C.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def _read_info(self, n_gpu_layers: int) -> ModelInfo:
+        def token_id(value: int) -> int | None:
+            return value if 0 <= value < self.n_vocab else None
+
+        bos = token_id(C.llama_vocab_bos(self.vocab))
+        eos = token_id(C.llama_vocab_eos(self.vocab))
+        template = C.llama_model_chat_template(self.ptr, None)
+        desc = ctypes.create_string_buffer(256)
+        C.llama_model_desc(self.ptr, desc, len(desc))
+        return ModelInfo(
+            path=self.path,
+            name=self.meta("general.name") or self.path.stem,
+            architecture=self.meta("general.architecture") or "",
+            description=desc.value.decode("utf-8", "replace"),
+            n_ctx_train=C.llama_model_n_ctx_train(self.ptr),
+            n_embd=C.llama_model_n_embd(self.ptr),
+            n_vocab=self.n_vocab,
+            n_params=C.llama_model_n_params(self.ptr),
+            size_bytes=C.llama_model_size(self.ptr),
+            chat_template=template.decode("utf-8", "replace") if template else None,
+            bos_id=bos,
+            eos_id=eos,
+            bos_token=self.token_text(bos) if bos is not None else "",
+            eos_token=self.token_text(eos) if eos is not None else "",
+            add_bos=bool(C.llama_vocab_get_add_bos(self.vocab)),
+            n_gpu_layers=n_gpu_layers,
+        )
+
+    # --- tokens -----------------------------------------------------------------------------
+
+    def tokenize(self, text: str | bytes, *, add_bos: bool | None = None, special: bool = True) -> list[int]:
+        """Tokens of ``text``. ``special`` parses special-token text such as ``<|im_start|>``;
+        BOS is added when the model asks for it (``add_bos`` overrides), never twice: a text that
+        already starts with the BOS token keeps just that one."""
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        add = self.info.add_bos if add_bos is None else add_bos
+        capacity = len(data) + 2
+        while True:
+            buf = (C.llama_token * capacity)()
+            n = C.llama_tokenize(self.vocab, data, len(data), buf, capacity, add, special)
+            if n >= 0:
+                break
+            if -n <= capacity:  # INT32_MIN: overflow, cannot happen for sizes we allocate
+                raise ValueError(f"cannot tokenize a text of {len(data)} bytes")
+            capacity = -n
+        tokens = buf[:n]
+        bos = self.info.bos_id
+        if add and bos is not None and len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
+            del tokens[0]
+        return tokens
+
+    def piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes of one token. A piece may be part of a UTF-8 character (byte tokens), so
+        callers join pieces as bytes and decode once a character is complete."""
+        buf = ctypes.create_string_buffer(64)
+        n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
+        """Text of a token list; bytes that are not valid UTF-8 become U+FFFD."""
+        return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        """End of generation: EOS, EOT, and whatever else the vocabulary marks so."""
+        return bool(C.llama_vocab_is_eog(self.vocab, token))

@@ -1,0 +1,89 @@
+"""Per-request sampling with llama.cpp's native sampler chain."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from llama_host.engine import lib
+from llama_host.engine.context import Context
+from llama_host.engine.model import Model
+
+C = lib.C
+
+RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a random seed
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings; the defaults are llama.cpp's. ``temperature <= 0`` is greedy."""
+
+    temperature: float = 0.8
+    top_k: int = 40  # <= 0: off
+    top_p: float = 0.95  # 1.0: off
+    min_p: float = 0.05  # 0.0: off
+    typical_p: float = 1.0  # 1.0: off
+    repeat_penalty: float = 1.0  # 1.0: off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64  # window of previous tokens the penalties look at (-1: context)
+    seed: int | None = None  # None: random
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+class Sampler:
+    """A native chain for one sequence, in llama.cpp's usual order:
+    penalties → (greedy | top-k → typical → top-p → min-p → temperature → seeded draw).
+    ``sample`` also feeds the chosen token back into stateful samplers (penalties)."""
+
+    def __init__(self, model: Model, params: SamplingParams = GREEDY) -> None:
+        self.params = params
+        chain_params = C.llama_sampler_chain_default_params()
+        chain_params.no_perf = True
+        self._ptr = C.llama_sampler_chain_init(chain_params)
+        p = params
+        if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+            self._add(
+                C.llama_sampler_init_penalties(
+                    model.n_vocab, p.penalty_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+                )
+            )
+        if p.greedy:
+            self._add(C.llama_sampler_init_greedy())
+            return
+        if p.top_k > 0:
+            self._add(C.llama_sampler_init_top_k(p.top_k))
+        if p.typical_p < 1.0:
+            self._add(C.llama_sampler_init_typical(p.typical_p, 1))
+        if p.top_p < 1.0:
+            self._add(C.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0.0:
+            self._add(C.llama_sampler_init_min_p(p.min_p, 1))
+        self._add(C.llama_sampler_init_temp(p.temperature))
+        self._add(C.llama_sampler_init_dist(RANDOM_SEED if p.seed is None else p.seed & 0xFFFFFFFF))
+
+    def _add(self, sampler) -> None:
+        C.llama_sampler_chain_add(self._ptr, sampler)  # the chain owns it from here
+
+    def sample(self, ctx: Context, idx: int = -1) -> int:
+        """Choose a token from the logits of batch entry ``idx`` (-1: the last with logits)."""
+        return C.llama_sampler_sample(self._ptr, ctx.ptr, idx)
+
+    def reset(self) -> None:
+        C.llama_sampler_reset(self._ptr)
+
+    def close(self) -> None:
+        if self._ptr:
+            C.llama_sampler_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
