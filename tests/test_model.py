@@ -8,7 +8,8 @@ import pytest
 
 from llama_host.engine import amx, lib, model as model_mod
 from llama_host.engine.context import Context
-from llama_host.engine.generate import FinishReason, Generation, PromptTooLong, generate
+from llama_host.engine.generate import FinishReason, Generation, generate
+from llama_host.errors import PromptTooLong
 from llama_host.engine.model import Model, ModelLoadError, Target
 from llama_host.modelgen import PRESETS
 
@@ -141,4 +142,4 @@ def test_prompt_too_long(tiny_model):
         with pytest.raises(PromptTooLong) as err:
             Generation(ctx, prompt)
         assert (err.value.n_prompt, err.value.n_ctx) == (257, 256)
-        assert "257 tokens" in str(err.value) and "256" in str(err.value)
+        assert "257 tokens" in str(err.value) and "256 tokens of context" in str(err.value)

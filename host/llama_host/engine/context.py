@@ -77,6 +77,7 @@ class Context:
         n_threads: int | None = None,
         embeddings: bool = False,
         flash_attn: bool | None = None,
+        pooling: int | None = None,
     ) -> None:
         self.model = model
         params = C.llama_context_default_params()
@@ -86,6 +87,8 @@ class Context:
         params.n_seq_max = n_seq_max
         params.n_threads = params.n_threads_batch = n_threads or default_threads()
         params.embeddings = embeddings
+        if pooling is not None:
+            params.pooling_type = pooling
         params.no_perf = True
         if flash_attn is not None:  # None: llama.cpp decides (on where the backend supports it)
             params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED

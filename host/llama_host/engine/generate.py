@@ -6,23 +6,12 @@ against, and what one-off tools use.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterator
 
 from llama_host.engine.context import Batch, Context
+from llama_host.engine.request import FinishReason
 from llama_host.engine.sampling import GREEDY, Sampler, SamplingParams
-
-
-class PromptTooLong(ValueError):
-    def __init__(self, n_prompt: int, n_ctx: int) -> None:
-        super().__init__(f"the prompt has {n_prompt} tokens, the context holds {n_ctx}")
-        self.n_prompt = n_prompt
-        self.n_ctx = n_ctx
-
-
-class FinishReason(str, enum.Enum):
-    STOP = "stop"  # an end-of-generation token
-    LENGTH = "length"  # max_tokens reached, or the context is full
+from llama_host.errors import PromptTooLong
 
 
 class Generation:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import enum
+import functools
 import logging
 import os
 from pathlib import Path
@@ -201,6 +202,11 @@ class Model:
     def detokenize(self, tokens: list[int], *, special: bool = False) -> str:
         """Text of a token list; bytes that are not valid UTF-8 become U+FFFD."""
         return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", "replace")
+
+    @functools.cached_property
+    def eog_tokens(self) -> tuple[int, ...]:
+        """Every end-of-generation token (EOS, EOT, <|im_end|>, ...), for ignore_eos."""
+        return tuple(t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t))
 
     def is_eog(self, token: int) -> bool:
         """End of generation: EOS, EOT, and whatever else the vocabulary marks so."""

@@ -1,0 +1,68 @@
+"""Sentence embeddings: the mean of a text's hidden states, L2-normalised."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from llama_host.engine import lib
+from llama_host.engine.context import Batch, Context
+from llama_host.engine.model import Model
+from llama_host.errors import PromptTooLong
+
+C = lib.C
+
+
+class Embedder:
+    """Its own small context (embeddings on, mean pooling) beside the generation context, so
+    embedding requests never disturb the KV cache of chats. One input at a time, each decoded
+    in a single batch, as pooling over a causal model needs."""
+
+    def __init__(
+        self, model: Model, *, n_ctx: int = 2048, threads: int | None = None, flash_attn: bool | None = None
+    ) -> None:
+        self.model = model
+        self.ctx = Context(
+            model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
+            embeddings=True, pooling=C.LLAMA_POOLING_TYPE_MEAN, flash_attn=flash_attn,
+        )
+        self.n_ctx = self.ctx.n_ctx
+        self._batch = Batch(self.n_ctx)
+        self._lock = threading.Lock()
+
+    def embed_tokens(self, tokens: list[int]) -> np.ndarray:
+        if not tokens:
+            raise ValueError("nothing to embed: the input has no tokens")
+        if len(tokens) > self.n_ctx:
+            raise PromptTooLong(len(tokens), self.n_ctx)
+        with self._lock:
+            self.ctx.clear()
+            self._batch.clear()
+            for pos, tok in enumerate(tokens):
+                self._batch.add(tok, pos, 0, logits=True)
+            self.ctx.decode(self._batch)
+            ptr = C.llama_get_embeddings_seq(self.ctx.ptr, 0)
+            if not ptr:
+                raise RuntimeError("llama.cpp returned no pooled embedding")
+            vector = np.ctypeslib.as_array(ptr, shape=(self.model.info.n_embd,)).astype(np.float32)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
+
+    def embed(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
+        """For each text: its embedding and its token count."""
+        out = []
+        for text in texts:
+            tokens = self.model.tokenize(text)
+            out.append((self.embed_tokens(tokens), len(tokens)))
+        return out
+
+    def close(self) -> None:
+        self._batch.close()
+        self.ctx.close()
+
+    def __enter__(self) -> Embedder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,307 @@
+"""The continuous-batching engine: one model, one context, one scheduler thread.
+
+The context holds ``parallel`` sequences of ``ctx_size`` tokens each. Each step the scheduler
+(1) admits waiting requests into free sequences, reusing the longest cached prefix, (2) puts every
+active sequence into a single ``llama_batch`` (one token for each decoding sequence first, then
+prompt chunks up to ``batch_size``, so a long prompt never stalls the others for more than a
+step), (3) calls ``llama_decode`` once (the GIL is released meanwhile), and (4) samples each
+sequence that produced logits and hands the token to its waiting consumer.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+
+from llama_host.engine.context import Batch, Context, DecodeError
+from llama_host.engine.model import Model
+from llama_host.engine.request import FinishReason, GenerationRequest, RequestHandle, Result, TokenOutput
+from llama_host.engine.sampling import Sampler
+from llama_host.engine.stats import EngineStats, StatsRecorder
+from llama_host.engine.text import TextStream
+from llama_host.errors import EngineClosed, EngineFailure, HostError, PromptTooLong, QueueFull
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    ctx_size: int = 4096  # tokens of context for each sequence
+    parallel: int = 4  # sequences decoded together
+    batch_size: int = 512  # tokens per llama_decode call
+    threads: int | None = None
+    queue_size: int = 64  # requests waiting beyond the busy sequences
+    flash_attn: bool | None = None  # None: llama.cpp decides
+
+
+class _Slot:
+    """One sequence of the context and the request it serves, if any."""
+
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.cached: list[int] = []  # tokens whose KV entries this sequence holds, in order
+        self.last_used = 0.0
+        self.handle: RequestHandle | None = None
+        self.sampler: Sampler | None = None
+        self.text: TextStream | None = None
+        self.pending: list[int] = []  # prompt tokens still to evaluate
+        self.next_token: int | None = None  # sampled, not yet in the KV cache
+        self.n_prompt = self.n_cached = self.n_generated = 0
+        self.batch_index = -1  # index of this sequence's logits in the current batch
+        self.first_token_at: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.handle is not None
+
+    @property
+    def position(self) -> int:
+        return len(self.cached)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Engine:
+    def __init__(self, model: Model, config: EngineConfig = EngineConfig()) -> None:
+        self.model = model
+        self.config = config
+        self.ctx = Context(
+            model,
+            n_ctx=config.ctx_size * config.parallel,
+            n_batch=config.batch_size,
+            n_seq_max=config.parallel,
+            n_threads=config.threads,
+            flash_attn=config.flash_attn,
+        )
+        # llama.cpp rounds the context up; each sequence gets an equal share of the cells.
+        self.n_ctx_seq = self.ctx.n_ctx // config.parallel
+        self._batch = Batch(self.ctx.n_batch)
+        self._slots = [_Slot(i) for i in range(config.parallel)]
+        self._waiting: collections.deque[RequestHandle] = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._stats = StatsRecorder()
+        self._thread = threading.Thread(target=self._run, name=f"engine-{model.info.name}", daemon=True)
+        self._thread.start()
+
+    # --- public API (any thread) --------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        """Queue a request; raises PromptTooLong, InvalidGrammar, QueueFull or EngineClosed."""
+        n_prompt = len(request.prompt)
+        if n_prompt == 0:
+            raise ValueError("the prompt has no tokens")
+        if n_prompt >= self.n_ctx_seq:
+            raise PromptTooLong(n_prompt, self.n_ctx_seq)
+        handle = RequestHandle(request)
+        # Built here so that a bad grammar fails the call, not the request later.
+        ban = self.model.eog_tokens if request.ignore_eos else ()
+        handle._sampler = Sampler(self.model, request.sampling, ban=ban)
+        with self._cond:
+            refusal = EngineClosed() if self._closing else None
+            if refusal is None and len(self._waiting) >= self.config.queue_size:
+                refusal = QueueFull(self.config.queue_size)
+            if refusal is not None:
+                handle._sampler.close()
+                raise refusal
+            self._waiting.append(handle)
+            self._stats.set(queue_depth=len(self._waiting))
+            self._cond.notify()
+        return handle
+
+    def generate(self, request: GenerationRequest) -> tuple[str, Result]:
+        """Submit and wait: the whole text and the result."""
+        handle = self.submit(request)
+        text = handle.text()
+        return text, handle.result
+
+    def stats(self) -> EngineStats:
+        return self._stats.snapshot()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel everything, stop the scheduler, free the context."""
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("engine thread did not stop in %.0f s; leaking its context", timeout)
+            return
+        self._batch.close()
+        self.ctx.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- scheduler thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not self._waiting and not any(s.busy for s in self._slots):
+                    self._cond.wait()
+                if self._closing:
+                    break
+                self._admit()
+            try:
+                self._step()
+            except Exception as e:  # a bug or a llama.cpp failure: fail the active requests, go on
+                log.exception("engine step failed")
+                failure = e if isinstance(e, HostError) else EngineFailure(f"generation failed: {e}")
+                for slot in self._slots:
+                    if slot.busy:
+                        self._finish(slot, FinishReason.ERROR, error=failure)
+                        slot.cached = []
+                self.ctx.clear()
+        with self._cond:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        for handle in waiting:
+            self._drop(handle, FinishReason.CANCELLED, EngineClosed())
+        for slot in self._slots:
+            if slot.busy:
+                self._finish(slot, FinishReason.CANCELLED, error=EngineClosed())
+
+    def _admit(self) -> None:
+        """Move waiting requests into free slots (called with the lock held)."""
+        for handle in [h for h in self._waiting if h.cancelled]:
+            self._waiting.remove(handle)
+            self._drop(handle, FinishReason.CANCELLED)
+        while self._waiting:
+            free = [s for s in self._slots if not s.busy]
+            if not free:
+                break
+            handle = self._waiting.popleft()
+            prompt = list(handle.request.prompt)
+            # Longest shared prefix wins; among equals, the least recently used slot.
+            slot = max(free, key=lambda s: (_common_prefix(s.cached, prompt), -s.last_used))
+            self._start(slot, handle, prompt)
+        self._stats.set(queue_depth=len(self._waiting), busy_sequences=sum(s.busy for s in self._slots))
+
+    def _drop(self, handle: RequestHandle, reason: FinishReason, error: HostError | None = None) -> None:
+        """Finish a request that never got a sequence."""
+        handle._sampler.close()
+        handle._finish(Result(reason, len(handle.request.prompt), 0, 0, error=error))
+
+    def _start(self, slot: _Slot, handle: RequestHandle, prompt: list[int]) -> None:
+        # Keep the shared prefix, but evaluate at least one token to get fresh logits.
+        keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
+        if not self.ctx.remove(slot.seq_id, keep, -1):
+            keep = 0
+            self.ctx.remove(slot.seq_id, 0, -1)
+        slot.cached = prompt[:keep]
+        slot.pending = prompt[keep:]
+        slot.handle = handle
+        slot.sampler, handle._sampler = handle._sampler, None
+        slot.text = TextStream(handle.request.stop)
+        slot.next_token = None
+        slot.n_prompt, slot.n_cached, slot.n_generated = len(prompt), keep, 0
+        slot.first_token_at = None
+        self._stats.add(cached_tokens=keep)
+
+    def _step(self) -> None:
+        batch = self._batch
+        batch.clear()
+        active = []
+        for slot in self._slots:
+            if not slot.busy:
+                continue
+            if slot.handle.cancelled:
+                self._finish(slot, FinishReason.CANCELLED)
+                continue
+            slot.batch_index = -1
+            active.append(slot)
+        # Decoding sequences first: one token each.
+        for slot in active:
+            if slot.next_token is not None:
+                slot.batch_index = batch.add(slot.next_token, slot.position, slot.seq_id, logits=True)
+                slot.cached.append(slot.next_token)
+                slot.next_token = None
+        # Then prompt chunks, first come first served, in what room is left.
+        n_prompt_tokens = 0
+        for slot in sorted((s for s in active if s.pending), key=lambda s: s.handle.submitted):
+            room = batch.capacity - batch.n_tokens
+            if room <= 0:
+                break
+            chunk, slot.pending = slot.pending[:room], slot.pending[room:]
+            for tok in chunk:
+                index = batch.add(tok, slot.position, slot.seq_id, logits=False)
+                slot.cached.append(tok)
+            if not slot.pending:  # the prompt's last token: sample from its logits
+                batch.raw.logits[index] = True
+                slot.batch_index = index
+            n_prompt_tokens += len(chunk)
+        if batch.n_tokens == 0:
+            return
+        started = time.perf_counter()
+        try:
+            self.ctx.decode(batch)
+        except DecodeError as e:
+            raise EngineFailure(f"llama_decode failed ({e.code})") from e
+        self._stats.add(
+            decode_calls=1, decode_seconds=time.perf_counter() - started, prompt_tokens=n_prompt_tokens
+        )
+        for slot in active:
+            if slot.busy and slot.batch_index >= 0:
+                self._update(slot)
+
+    def _update(self, slot: _Slot) -> None:
+        """Sample the slot's next token and deliver it, or finish the request."""
+        handle, request = slot.handle, slot.handle.request
+        token = slot.sampler.sample(self.ctx, slot.batch_index)
+        now = time.monotonic()
+        if slot.first_token_at is None:
+            slot.first_token_at = now
+            self._stats.add(ttft_seconds_sum=now - handle.submitted, ttft_count=1)
+        if self.model.is_eog(token) and not request.ignore_eos:
+            self._finish(slot, FinishReason.STOP)
+            return
+        slot.n_generated += 1
+        self._stats.add(generated_tokens=1)
+        handle._emit(TokenOutput(token, slot.text.push(self.model.piece(token))))
+        if slot.text.stopped_by is not None:
+            self._finish(slot, FinishReason.STOP)
+        elif request.max_tokens is not None and slot.n_generated >= request.max_tokens:
+            self._finish(slot, FinishReason.LENGTH)
+        elif slot.position >= self.n_ctx_seq:  # no cell left for this token
+            self._finish(slot, FinishReason.LENGTH)
+        else:
+            slot.next_token = token
+
+    def _finish(self, slot: _Slot, reason: FinishReason, *, error: HostError | None = None) -> None:
+        """End the slot's request and free the slot (the KV cache stays for prefix reuse)."""
+        handle, text = slot.handle, slot.text
+        tail = text.finish() if reason is not FinishReason.ERROR else ""
+        started = slot.first_token_at
+        result = Result(
+            finish_reason=reason,
+            prompt_tokens=slot.n_prompt,
+            cached_tokens=slot.n_cached,
+            completion_tokens=slot.n_generated,
+            stop=text.stopped_by,
+            time_to_first_token=None if started is None else started - handle.submitted,
+            error=error,
+        )
+        slot.sampler.close()
+        slot.handle = slot.sampler = slot.text = slot.next_token = None
+        slot.pending = []  # cancelled mid-prompt: ``cached`` already says what the KV cache holds
+        slot.last_used = time.monotonic()
+        self._stats.add(requests_finished=1)
+        self._stats.set(busy_sequences=sum(s.busy for s in self._slots))
+        # Last, so that a caller woken by the end sees the engine's state after it.
+        if tail:
+            handle._emit(TokenOutput(-1, tail))
+        handle._finish(result)

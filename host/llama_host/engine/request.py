@@ -1,0 +1,100 @@
+"""What a caller submits to the engine and the handle it gets back."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import queue
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+from llama_host.engine.sampling import GREEDY, SamplingParams
+from llama_host.errors import HostError
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # an end-of-generation token or a stop string
+    LENGTH = "length"  # max_tokens reached, or the sequence's context is full
+    CANCELLED = "cancelled"  # the caller cancelled (client gone)
+    ERROR = "error"  # the engine failed; ``Result.error`` says why
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationRequest:
+    prompt: Sequence[int]
+    sampling: SamplingParams = GREEDY
+    max_tokens: int | None = None  # None: until the context is full
+    stop: Sequence[str] = ()
+    ignore_eos: bool = False
+
+
+@dataclasses.dataclass
+class Result:
+    finish_reason: FinishReason
+    prompt_tokens: int
+    cached_tokens: int  # prompt tokens reused from the KV cache, not evaluated again
+    completion_tokens: int
+    stop: str | None = None  # the stop string that ended generation
+    time_to_first_token: float | None = None  # seconds from submit to the first token
+    error: HostError | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenOutput:
+    """One generated token: its id and the text it makes safe to emit ("" while held back)."""
+
+    token: int
+    text: str
+
+
+class RequestHandle:
+    """Iterate for :class:`TokenOutput` items, one per generated token, in order; when the
+    iteration ends, :attr:`result` is set. A final item with token -1 carries text released at
+    the end (held stop-string prefixes, an incomplete character). Thread-safe; one consumer."""
+
+    _END = object()
+
+    def __init__(self, request: GenerationRequest) -> None:
+        self.request = request
+        self.submitted = time.monotonic()
+        self.result: Result | None = None
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._cancelled = threading.Event()
+        self._sampler = None  # built at submit, owned by the engine
+
+    # --- consumer side ----------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[TokenOutput]:
+        while (item := self.next()) is not None:
+            yield item
+
+    def next(self, timeout: float | None = None) -> TokenOutput | None:
+        """The next output, or None once the request has finished (then ``result`` is set)."""
+        if self.result is not None and self._queue.empty():
+            return None
+        item = self._queue.get(timeout=timeout)
+        if item is self._END:
+            return None
+        return item
+
+    def text(self) -> str:
+        """Wait for the end and return the whole text."""
+        return "".join(out.text for out in self)
+
+    def cancel(self) -> None:
+        """Stop generating; the engine frees the sequence at its next step."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    # --- engine side ------------------------------------------------------------------------
+
+    def _emit(self, output: TokenOutput) -> None:
+        self._queue.put(output)
+
+    def _finish(self, result: Result) -> None:
+        self.result = result
+        self._queue.put(self._END)

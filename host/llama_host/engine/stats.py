@@ -1,0 +1,42 @@
+"""Counters the engine keeps for /metrics and the tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+
+@dataclasses.dataclass
+class EngineStats:
+    queue_depth: int = 0  # requests waiting for a sequence
+    busy_sequences: int = 0
+    requests_finished: int = 0
+    prompt_tokens: int = 0  # prompt tokens evaluated
+    cached_tokens: int = 0  # prompt tokens reused from the KV cache instead
+    generated_tokens: int = 0
+    decode_calls: int = 0  # llama_decode calls
+    decode_seconds: float = 0.0  # time spent in llama_decode
+    ttft_seconds_sum: float = 0.0  # time to first token, summed over requests that produced one
+    ttft_count: int = 0
+
+
+class StatsRecorder:
+    """Written by the scheduler thread, read from anywhere as a consistent snapshot."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stats = EngineStats()
+
+    def add(self, **deltas: float) -> None:
+        with self._lock:
+            for name, delta in deltas.items():
+                setattr(self._stats, name, getattr(self._stats, name) + delta)
+
+    def set(self, **values: float) -> None:
+        with self._lock:
+            for name, value in values.items():
+                setattr(self._stats, name, value)
+
+    def snapshot(self) -> EngineStats:
+        with self._lock:
+            return dataclasses.replace(self._stats)

@@ -1,0 +1,72 @@
+"""Every error kind llama-host reports, in one table: OpenAI error type, HTTP status, code.
+
+Code raises a typed :class:`HostError` subclass; the HTTP layer turns ``error.kind`` into the
+response. Nothing classifies an error by its message text.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorKind(enum.Enum):
+    #                     (OpenAI type,             HTTP, code)
+    INVALID_REQUEST = ("invalid_request_error", 400, None)
+    CONTEXT_LENGTH = ("invalid_request_error", 400, "context_length_exceeded")
+    INVALID_GRAMMAR = ("invalid_request_error", 400, "invalid_grammar")
+    QUEUE_FULL = ("server_error", 503, "queue_full")
+    UNAVAILABLE = ("server_error", 503, "unavailable")
+    INTERNAL = ("server_error", 500, None)
+
+    @property
+    def openai_type(self) -> str:
+        return self.value[0]
+
+    @property
+    def http_status(self) -> int:
+        return self.value[1]
+
+    @property
+    def code(self) -> str | None:
+        return self.value[2]
+
+
+class HostError(Exception):
+    kind: ErrorKind = ErrorKind.INTERNAL
+    param: str | None = None
+
+
+class PromptTooLong(HostError):
+    kind = ErrorKind.CONTEXT_LENGTH
+    param = "messages"
+
+    def __init__(self, n_prompt: int, n_ctx: int) -> None:
+        super().__init__(
+            f"the prompt has {n_prompt} tokens, more than the {n_ctx} tokens of context a request can use"
+        )
+        self.n_prompt = n_prompt
+        self.n_ctx = n_ctx
+
+
+class InvalidGrammar(HostError):
+    kind = ErrorKind.INVALID_GRAMMAR
+    param = "grammar"
+
+
+class QueueFull(HostError):
+    kind = ErrorKind.QUEUE_FULL
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the server is busy: {limit} requests are already waiting; retry shortly")
+        self.limit = limit
+
+
+class EngineClosed(HostError):
+    kind = ErrorKind.UNAVAILABLE
+
+    def __init__(self) -> None:
+        super().__init__("the model is shutting down")
+
+
+class EngineFailure(HostError):
+    kind = ErrorKind.INTERNAL
