@@ -164,7 +164,7 @@ def test_max_tokens_and_ignore_eos(spm_engine):
     prompt = spm_engine.model.tokenize("Count: one two three")
     tokens, _, result = run_all(spm_engine, [GenerationRequest(prompt, max_tokens=7, ignore_eos=True)])[0]
     assert len(tokens) == 7 and result.completion_tokens == 7
-    assert result.finish_reason is FinishReason.LENGTH
+    assert result.finish_reason is FinishReason.LENGTH and not result.context_full
     assert result.prompt_tokens == len(prompt)
 
 
@@ -188,6 +188,7 @@ def test_context_fills_during_generation(model_path):
         tokens, _, result = run_all(engine, [GenerationRequest(prompt, ignore_eos=True)])[0]
         assert result.finish_reason is FinishReason.LENGTH
         assert len(prompt) + len(tokens) == engine.n_ctx_seq + 1
+        assert result.context_full
 
 
 def test_prompt_too_long_is_rejected_up_front(spm_engine):

@@ -277,11 +277,13 @@ class Engine:
         elif request.max_tokens is not None and slot.n_generated >= request.max_tokens:
             self._finish(slot, FinishReason.LENGTH)
         elif slot.position >= self.n_ctx_seq:  # no cell left for this token
-            self._finish(slot, FinishReason.LENGTH)
+            self._finish(slot, FinishReason.LENGTH, context_full=True)
         else:
             slot.next_token = token
 
-    def _finish(self, slot: _Slot, reason: FinishReason, *, error: HostError | None = None) -> None:
+    def _finish(
+        self, slot: _Slot, reason: FinishReason, *, error: HostError | None = None, context_full: bool = False
+    ) -> None:
         """End the slot's request and free the slot (the KV cache stays for prefix reuse)."""
         handle, text = slot.handle, slot.text
         tail = text.finish() if reason is not FinishReason.ERROR else ""
@@ -292,6 +294,7 @@ class Engine:
             cached_tokens=slot.n_cached,
             completion_tokens=slot.n_generated,
             stop=text.stopped_by,
+            context_full=context_full,
             time_to_first_token=None if started is None else started - handle.submitted,
             error=error,
         )

@@ -36,6 +36,7 @@ class Result:
     cached_tokens: int  # prompt tokens reused from the KV cache, not evaluated again
     completion_tokens: int
     stop: str | None = None  # the stop string that ended generation
+    context_full: bool = False  # LENGTH because the sequence's context ran out
     time_to_first_token: float | None = None  # seconds from submit to the first token
     error: HostError | None = None
 

@@ -1,0 +1,65 @@
+"""Checked access to a guest's linear memory from inside a host call."""
+
+from __future__ import annotations
+
+import struct
+
+import wasmtime
+
+from llama_host.bridge.abi import Errno, NnError
+
+_U32 = struct.Struct("<I")
+
+
+class GuestMemory:
+    """The exported ``memory`` of a guest instance. Pointers and lengths arrive as signed i32
+    and are read as the u32 they are; every range is checked against the memory's current size
+    (Python integers cannot overflow, so ``ptr + len`` past 4 GiB is just out of range).
+
+    Found once per instance, on its first host call, and used through the store after that."""
+
+    def __init__(self, caller: wasmtime.Caller, store: wasmtime.Store) -> None:
+        memory = caller.get("memory")
+        if not isinstance(memory, wasmtime.Memory):
+            raise NnError(Errno.MISSING_MEMORY, "the guest exports no memory named 'memory'")
+        self._caller = store
+        self._memory = memory
+
+    @staticmethod
+    def u32(value: int) -> int:
+        return value & 0xFFFFFFFF
+
+    def check(self, ptr: int, length: int) -> tuple[int, int]:
+        ptr, length = self.u32(ptr), self.u32(length)
+        if ptr + length > self._memory.data_len(self._caller):
+            raise NnError(Errno.INVALID_ARGUMENT, f"guest range [{ptr}, {ptr + length}) is outside its memory")
+        return ptr, length
+
+    def read(self, ptr: int, length: int) -> bytes:
+        ptr, length = self.check(ptr, length)
+        return bytes(self._memory.read(self._caller, ptr, ptr + length))
+
+    def read_str(self, ptr: int, length: int) -> str:
+        try:
+            return self.read(ptr, length).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise NnError(Errno.INVALID_ARGUMENT, "a name is not UTF-8") from e
+
+    def write(self, ptr: int, data: bytes) -> None:
+        ptr, _ = self.check(ptr, len(data))
+        self._memory.write(self._caller, data, ptr)
+
+    def write_u32(self, ptr: int, value: int) -> None:
+        self.write(ptr, _U32.pack(value))
+
+    def write_output(self, buf: int, buf_max: int, written: int, data: bytes) -> Errno:
+        """Copy ``data`` into a guest buffer of ``buf_max`` bytes and its size to ``written``;
+        when it does not fit: TooLarge, with the size needed written."""
+        self.check(written, 4)
+        self.check(buf, buf_max)
+        if len(data) > self.u32(buf_max):
+            self.write_u32(written, len(data))
+            return Errno.TOO_LARGE
+        self.write(buf, data)
+        self.write_u32(written, len(data))
+        return Errno.SUCCESS

@@ -1,0 +1,359 @@
+"""``wasi_ephemeral_nn``: WasmEdge's GGML plugin ABI, implemented on the engine.
+
+One :class:`NnSession` per guest instance holds that guest's graphs and execution contexts; ids
+are the guest's own and mean nothing to another guest. Every pointer and length coming from the
+guest is checked against its memory; a host function never lets a Python exception reach
+wasmtime (which would trap the guest): problems become errno values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from llama_host.bridge.abi import (
+    BUILDER_STRUCT,
+    ENCODING_GGML,
+    INPUT_METADATA,
+    INPUT_PROMPT,
+    OUTPUT_METADATA,
+    OUTPUT_TEXT,
+    TENSOR_STRUCT,
+    Errno,
+    NnError,
+    parse_metadata,
+)
+from llama_host.bridge.memory import GuestMemory
+from llama_host.engine import EngineConfig, FinishReason, GenerationRequest, RequestHandle, Result, SamplingParams, Target
+from llama_host.engine.sampling import grammar_from_json_schema
+from llama_host.errors import EngineClosed, InvalidGrammar, PromptTooLong, QueueFull
+from llama_host.registry import ModelRegistry, ServedModel
+from llama_host.vendor import LLAMA_CPP_PYTHON_VERSION
+
+log = logging.getLogger(__name__)
+
+MODULE = "wasi_ephemeral_nn"
+MAX_DIMS = 16
+MAX_BUILDERS = 16
+
+# Sampling defaults when neither the graph config nor the request sets a key (llama.cpp's).
+_DEFAULTS = SamplingParams()
+
+
+@dataclasses.dataclass
+class Graph:
+    served: ServedModel
+    config: dict[str, Any]  # metadata from load_by_name_with_config or the load builder
+    owned: bool  # loaded by this guest from bytes or a path: freed with the graph
+
+
+@dataclasses.dataclass
+class ExecContext:
+    graph: Graph
+    metadata: dict[str, Any]
+    prompt: bytes | None = None
+    output: bytearray = dataclasses.field(default_factory=bytearray)
+    last_piece: bytes = b""
+    handle: RequestHandle | None = None  # compute_single in progress
+    result: Result | None = None
+    input_tokens: int = 0
+    generated: int = 0  # tokens so far in compute_single
+
+
+class NnSession:
+    """WASI-NN state of one guest instance."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        *,
+        allow_host_paths: bool = False,
+        stream_stdout: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.allow_host_paths = allow_host_paths  # `load` with "preload:<path>": trusted runs only
+        self.stream_stdout = stream_stdout
+        self.graphs: dict[int, Graph] = {}
+        self.contexts: dict[int, ExecContext] = {}
+        self._next_id = 0
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def close(self) -> None:
+        """The instance is gone: stop its generations, free what it loaded."""
+        for ctx in self.contexts.values():
+            self._stop_single(ctx)
+        self.contexts.clear()
+        for graph in self.graphs.values():
+            if graph.owned:
+                graph.served.close()
+        self.graphs.clear()
+
+    # --- lookups ------------------------------------------------------------------------------
+
+    def _graph(self, graph_id: int) -> Graph:
+        graph = self.graphs.get(graph_id)
+        if graph is None:
+            raise NnError(Errno.INVALID_ARGUMENT, f"no graph {graph_id}")
+        return graph
+
+    def _context(self, ctx_id: int) -> ExecContext:
+        ctx = self.contexts.get(ctx_id)
+        if ctx is None:
+            raise NnError(Errno.INVALID_ARGUMENT, f"no execution context {ctx_id}")
+        if ctx.graph not in self.graphs.values():
+            raise NnError(Errno.INVALID_ARGUMENT, f"the graph of execution context {ctx_id} was unloaded")
+        return ctx
+
+    def _add_graph(self, graph: Graph, mem: GuestMemory, graph_out: int) -> None:
+        mem.check(graph_out, 4)
+        graph_id = self._new_id()
+        self.graphs[graph_id] = graph
+        mem.write_u32(graph_out, graph_id)
+
+    # --- imports ------------------------------------------------------------------------------
+
+    def load(self, mem: GuestMemory, builders_ptr: int, count: int, encoding: int, target: int, graph_out: int) -> None:
+        if encoding != ENCODING_GGML:
+            raise NnError(Errno.INVALID_ENCODING, f"encoding {encoding} is not GGML ({ENCODING_GGML})")
+        if target not in (t.value for t in Target) or target == Target.TPU:
+            raise NnError(Errno.INVALID_ARGUMENT, f"unsupported target {target}")
+        count = mem.u32(count)
+        if not 1 <= count <= MAX_BUILDERS:
+            raise NnError(Errno.INVALID_ARGUMENT, f"expected 1 to {MAX_BUILDERS} builders, got {count}")
+        table = mem.read(builders_ptr, count * BUILDER_STRUCT.size)
+        builders = [mem.read(*BUILDER_STRUCT.unpack_from(table, i * BUILDER_STRUCT.size)) for i in range(count)]
+        config = parse_metadata(builders[1]) if count > 1 else {}
+        weights = builders[0]
+        mem.check(graph_out, 4)
+        if weights.startswith(b"preload:"):
+            if not self.allow_host_paths:
+                raise NnError(Errno.UNSUPPORTED_OPERATION, "loading a host path is not allowed here")
+            path = Path(os.fsdecode(weights[8:]))
+            served = self._load_file(path, Target(target), config)
+        else:
+            if not weights.startswith(b"GGUF"):
+                raise NnError(Errno.INVALID_ARGUMENT, "the model bytes are not a GGUF file")
+            with tempfile.NamedTemporaryFile(suffix=".gguf") as f:  # llama.cpp loads from files
+                f.write(weights)
+                f.flush()
+                served = self._load_file(Path(f.name), Target(target), config)
+        self._add_graph(Graph(served, config, owned=True), mem, graph_out)
+
+    def _load_file(self, path: Path, target: Target, config: dict) -> ServedModel:
+        if not path.is_file():
+            raise NnError(Errno.NOT_FOUND, f"model file not found: {path}")
+        engine_config = EngineConfig(
+            ctx_size=config.get("ctx-size", 4096), parallel=1, batch_size=config.get("batch-size", 512),
+            threads=config.get("threads"),
+        )
+        try:
+            return ServedModel.load(path.name, path, engine_config, target=target)
+        except Exception as e:
+            raise NnError(Errno.INVALID_ARGUMENT, f"cannot load {path}: {e}") from e
+
+    def load_by_name(self, mem: GuestMemory, name_ptr: int, name_len: int, graph_out: int) -> None:
+        self._load_by_name(mem, name_ptr, name_len, {}, graph_out)
+
+    def load_by_name_with_config(
+        self, mem: GuestMemory, name_ptr: int, name_len: int, config_ptr: int, config_len: int, graph_out: int
+    ) -> None:
+        config = parse_metadata(mem.read(config_ptr, config_len))
+        self._load_by_name(mem, name_ptr, name_len, config, graph_out)
+
+    def _load_by_name(self, mem: GuestMemory, name_ptr: int, name_len: int, config: dict, graph_out: int) -> None:
+        name = mem.read_str(name_ptr, name_len)
+        served = self.registry.get(name)
+        if served is None:
+            raise NnError(Errno.MODEL_NOT_FOUND, f"no preloaded model {name!r} (have: {', '.join(self.registry.names)})")
+        self._add_graph(Graph(served, config, owned=False), mem, graph_out)
+
+    def init_execution_context(self, mem: GuestMemory, graph_id: int, ctx_out: int) -> None:
+        graph = self._graph(graph_id)
+        mem.check(ctx_out, 4)
+        ctx_id = self._new_id()
+        self.contexts[ctx_id] = ExecContext(graph, dict(graph.config))
+        mem.write_u32(ctx_out, ctx_id)
+
+    def set_input(self, mem: GuestMemory, ctx_id: int, index: int, tensor_ptr: int) -> None:
+        ctx = self._context(ctx_id)
+        self._check_not_streaming(ctx)
+        dims_ptr, dims_len, _type, data_ptr, data_len = TENSOR_STRUCT.unpack(mem.read(tensor_ptr, TENSOR_STRUCT.size))
+        if dims_len > MAX_DIMS:
+            raise NnError(Errno.INVALID_ARGUMENT, f"a tensor has at most {MAX_DIMS} dimensions")
+        mem.read(dims_ptr, 4 * dims_len)
+        data = mem.read(data_ptr, data_len)
+        if index == INPUT_PROMPT:
+            ctx.prompt = data
+        elif index == INPUT_METADATA:
+            ctx.metadata.update(parse_metadata(data))
+        else:
+            raise NnError(Errno.INVALID_ARGUMENT, f"input index {index}: 0 is the prompt, 1 the metadata")
+
+    def compute(self, mem: GuestMemory, ctx_id: int) -> Errno:
+        ctx = self._context(ctx_id)
+        self._check_not_streaming(ctx)
+        ctx.output.clear()
+        ctx.result = None
+        if ctx.metadata.get("embedding"):
+            return self._embed(ctx)
+        handle = self._submit(ctx)
+        echo = self.stream_stdout if ctx.metadata.get("stream-stdout") else None
+        for out in handle:
+            piece = out.text.encode()
+            ctx.output += piece
+            if echo and piece:
+                echo(piece)
+        return self._finished(ctx, handle.result, single=False)
+
+    def compute_single(self, mem: GuestMemory, ctx_id: int) -> Errno:
+        ctx = self._context(ctx_id)
+        if ctx.handle is None:
+            ctx.output.clear()
+            ctx.result = None
+            ctx.generated = 0
+            ctx.handle = self._submit(ctx)
+        out = ctx.handle.next()
+        if out is None:
+            return self._finished(ctx, ctx.handle.result, single=True)
+        ctx.generated += out.token >= 0
+        ctx.last_piece = out.text.encode()
+        ctx.output += ctx.last_piece
+        return Errno.SUCCESS
+
+    def fini_single(self, mem: GuestMemory, ctx_id: int) -> None:
+        self._stop_single(self._context(ctx_id))
+
+    def get_output(self, mem: GuestMemory, ctx_id: int, index: int, buf: int, buf_max: int, written: int) -> Errno:
+        ctx = self._context(ctx_id)
+        data = bytes(ctx.output) if index == OUTPUT_TEXT else self._output_metadata(ctx, index)
+        return mem.write_output(buf, buf_max, written, data)
+
+    def get_output_single(self, mem: GuestMemory, ctx_id: int, index: int, buf: int, buf_max: int, written: int) -> Errno:
+        ctx = self._context(ctx_id)
+        data = ctx.last_piece if index == OUTPUT_TEXT else self._output_metadata(ctx, index)
+        return mem.write_output(buf, buf_max, written, data)
+
+    def unload(self, mem: GuestMemory, graph_id: int) -> None:
+        graph = self._graph(graph_id)
+        for ctx in self.contexts.values():
+            if ctx.graph is graph:
+                self._stop_single(ctx)
+        del self.graphs[graph_id]
+        if graph.owned:
+            graph.served.close()
+
+    def finalize_execution_context(self, mem: GuestMemory, ctx_id: int) -> None:
+        ctx = self.contexts.get(ctx_id)
+        if ctx is None:
+            raise NnError(Errno.INVALID_ARGUMENT, f"no execution context {ctx_id}")
+        self._stop_single(ctx)
+        del self.contexts[ctx_id]
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _submit(self, ctx: ExecContext) -> RequestHandle:
+        if ctx.prompt is None:
+            raise NnError(Errno.INVALID_ARGUMENT, "no prompt: call set_input with index 0 first")
+        served, md = ctx.graph.served, ctx.metadata
+        tokens = served.model.tokenize(ctx.prompt)
+        ctx.input_tokens = len(tokens)
+        n_predict = md.get("n-predict", -1)
+        stop = list(md.get("stop", []))
+        if md.get("reverse-prompt"):
+            stop.append(md["reverse-prompt"])
+        try:
+            grammar = md.get("grammar") or (
+                grammar_from_json_schema(md["json-schema"]) if md.get("json-schema") else None
+            )
+            sampling = SamplingParams(
+                temperature=md.get("temp", _DEFAULTS.temperature),
+                top_k=md.get("top-k", _DEFAULTS.top_k),
+                top_p=md.get("top-p", _DEFAULTS.top_p),
+                min_p=md.get("min-p", _DEFAULTS.min_p),
+                repeat_penalty=md.get("repeat-penalty", _DEFAULTS.repeat_penalty),
+                presence_penalty=md.get("presence-penalty", _DEFAULTS.presence_penalty),
+                frequency_penalty=md.get("frequency-penalty", _DEFAULTS.frequency_penalty),
+                penalty_last_n=md.get("repeat-last-n", _DEFAULTS.penalty_last_n),
+                seed=md.get("seed"),
+                logit_bias=md.get("logit-bias", {}),
+                grammar=grammar,
+            )
+            request = GenerationRequest(
+                tokens, sampling, max_tokens=None if n_predict < 0 else n_predict, stop=stop,
+                ignore_eos=md.get("ignore-eos", False),
+            )
+            return served.engine.submit(request)
+        except PromptTooLong as e:
+            raise NnError(Errno.PROMPT_TOO_LONG, str(e)) from e
+        except InvalidGrammar as e:
+            raise NnError(Errno.INVALID_ARGUMENT, str(e)) from e
+        except QueueFull as e:
+            raise NnError(Errno.BUSY, str(e)) from e
+        except EngineClosed as e:
+            raise NnError(Errno.RUNTIME_ERROR, str(e)) from e
+
+    def _finished(self, ctx: ExecContext, result: Result, *, single: bool) -> Errno:
+        ctx.result = result
+        if result.finish_reason is FinishReason.ERROR:
+            raise NnError(Errno.RUNTIME_ERROR, str(result.error))
+        if result.context_full:
+            return Errno.CONTEXT_FULL
+        return Errno.END_OF_SEQUENCE if single else Errno.SUCCESS
+
+    def _embed(self, ctx: ExecContext) -> Errno:
+        if ctx.prompt is None:
+            raise NnError(Errno.INVALID_ARGUMENT, "no prompt: call set_input with index 0 first")
+        served = ctx.graph.served
+        try:
+            [(vector, n_tokens)] = served.embedder().embed([ctx.prompt.decode("utf-8", "replace")])
+        except PromptTooLong as e:
+            raise NnError(Errno.PROMPT_TOO_LONG, str(e)) from e
+        ctx.input_tokens = n_tokens
+        ctx.output[:] = json.dumps({"n_embedding": len(vector), "embedding": vector.tolist()}).encode()
+        return Errno.SUCCESS
+
+    def _output_metadata(self, ctx: ExecContext, index: int) -> bytes:
+        if index != OUTPUT_METADATA:
+            raise NnError(Errno.INVALID_ARGUMENT, f"output index {index}: 0 is the text, 1 the metadata")
+        result = ctx.result
+        meta = {
+            "input_tokens": ctx.input_tokens,
+            "output_tokens": result.completion_tokens if result else 0,
+            "llama_build_number": LLAMA_BUILD[0],
+            "llama_commit": LLAMA_BUILD[1],
+            # llama-host additions
+            "cached_tokens": result.cached_tokens if result else 0,
+            "finish_reason": result.finish_reason.value if result else None,
+            "context_full": result.context_full if result else False,
+        }
+        if result is None:  # compute_single still running
+            meta["output_tokens"] = ctx.generated
+        return json.dumps(meta).encode()
+
+    def _check_not_streaming(self, ctx: ExecContext) -> None:
+        if ctx.handle is not None:
+            if ctx.handle.result is None:
+                raise NnError(Errno.BUSY, "compute_single is in progress; call fini_single first")
+            ctx.handle = None  # finished; the guest just did not call fini_single
+
+    def _stop_single(self, ctx: ExecContext) -> None:
+        if ctx.handle is not None:
+            ctx.handle.cancel()
+            for _ in ctx.handle:  # wait for the engine to free the sequence
+                pass
+            ctx.result = ctx.handle.result
+            ctx.handle = None
+
+
+# The sdist that llama.cpp is built from carries no git metadata, so there is no build number to
+# report; the commit field names the pinned release instead.
+LLAMA_BUILD = (0, f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}")

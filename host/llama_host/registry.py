@@ -1,0 +1,81 @@
+"""The models a process serves: one engine per ``--nn-preload`` name, loaded once."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+
+from llama_host.engine import Engine, EngineConfig, Model
+from llama_host.engine.embed import Embedder
+from llama_host.preload import Preload
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ServedModel:
+    name: str
+    model: Model
+    engine: Engine
+    _embedder: Embedder | None = None
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    @classmethod
+    def load(cls, name: str, preload_path, config: EngineConfig, **model_args) -> ServedModel:
+        model = Model(preload_path, **model_args)
+        try:
+            engine = Engine(model, config)
+        except BaseException:
+            model.close()
+            raise
+        return cls(name, model, engine)
+
+    def embedder(self) -> Embedder:
+        """Created on first use: an embeddings context costs memory few deployments need."""
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = Embedder(self.model, n_ctx=self.engine.config.ctx_size,
+                                          threads=self.engine.config.threads)
+            return self._embedder
+
+    def close(self) -> None:
+        self.engine.close()
+        if self._embedder is not None:
+            self._embedder.close()
+        self.model.close()
+
+
+class ModelRegistry:
+    def __init__(self, models: list[ServedModel] | None = None) -> None:
+        self._models = {m.name: m for m in models or []}
+
+    @classmethod
+    def load(cls, preloads: list[Preload], config: EngineConfig = EngineConfig()) -> ModelRegistry:
+        registry = cls()
+        try:
+            for p in preloads:
+                log.info("loading %s from %s (target %s)", p.name, p.path, p.target.name)
+                registry._models[p.name] = ServedModel.load(p.name, p.path, config, target=p.target)
+        except BaseException:
+            registry.close()
+            raise
+        return registry
+
+    def get(self, name: str) -> ServedModel | None:
+        return self._models.get(name)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    def close(self) -> None:
+        for m in self._models.values():
+            m.close()
+        self._models.clear()
+
+    def __enter__(self) -> ModelRegistry:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
