@@ -398,3 +398,14 @@ def test_compiled_module_is_cached_on_disk(runner):
     mtimes = [f.stat().st_mtime_ns for f in files]
     runner.load(wasm)
     assert [f.stat().st_mtime_ns for f in sorted(runner.config.cache_dir.glob("*.cwasm"))] == mtimes
+
+
+def test_memory_grown_by_the_guest_is_usable(runner):
+    p = Program(pages=1)
+    name = p.data(b"default")
+    p.raw("(drop (memory.grow (i32.const 1)))")
+    p.raw(f"(memory.copy (i32.const 70000) (i32.const {name}) (i32.const 7))")
+    p.call("load_by_name", 70000, 7, p.slot())  # a name in the new page
+    p.call("load_by_name", 131070, 7, p.slot())  # still past the end
+    errnos, _, _ = run(runner, p)
+    assert errnos == [0, E.INVALID_ARGUMENT]

@@ -391,3 +391,26 @@ def test_embedding_input_too_long(model_path):
         with pytest.raises(PromptTooLong):
             embedder.embed([" ".join(["hello"] * 300)])
         assert embedder.embed(["hello"])[0][1] == 2
+
+
+def test_a_failed_decode_fails_its_requests_and_the_engine_goes_on(model_path):
+    from llama_host.engine.context import DecodeError
+    from llama_host.errors import EngineFailure
+
+    with Model(model_path("tiny")) as model, Engine(model, EngineConfig(ctx_size=512, parallel=2)) as engine:
+        real_decode = engine.ctx.decode
+        calls = {"n": 0}
+
+        def failing_once(batch):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise DecodeError(-3)  # what llama_decode returns when a compute fails
+            real_decode(batch)
+
+        engine.ctx.decode = failing_once
+        handle = engine.submit(GenerationRequest(model.tokenize("hello"), max_tokens=4, ignore_eos=True))
+        assert list(handle) == []
+        assert handle.result.finish_reason is FinishReason.ERROR
+        assert isinstance(handle.result.error, EngineFailure) and "-3" in str(handle.result.error)
+        text, result = engine.generate(GenerationRequest(model.tokenize("hello"), max_tokens=4, ignore_eos=True))
+        assert result.completion_tokens == 4 and result.cached_tokens == 0

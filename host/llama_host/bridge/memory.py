@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import struct
 
 import wasmtime
@@ -13,17 +14,22 @@ _U32 = struct.Struct("<I")
 
 class GuestMemory:
     """The exported ``memory`` of a guest instance. Pointers and lengths arrive as signed i32
-    and are read as the u32 they are; every range is checked against the memory's current size
-    (Python integers cannot overflow, so ``ptr + len`` past 4 GiB is just out of range).
+    and are read as the u32 they are; every range is checked against the memory's size (Python
+    integers cannot overflow, so ``ptr + len`` past 4 GiB is just out of range).
 
-    Found once per instance, on its first host call, and used through the store after that."""
+    Found once per instance, on its first host call. The engine is configured so that memories
+    never move (``memory_may_move = False``), so the base address is read once; the size only
+    grows, so it is read again only when a range seems out of bounds. Accesses then go straight
+    through ctypes: a streamed token costs several host calls, and each microsecond counts."""
 
     def __init__(self, caller: wasmtime.Caller, store: wasmtime.Store) -> None:
         memory = caller.get("memory")
         if not isinstance(memory, wasmtime.Memory):
             raise NnError(Errno.MISSING_MEMORY, "the guest exports no memory named 'memory'")
-        self._caller = store
+        self._store = store
         self._memory = memory
+        self._base = ctypes.cast(memory.data_ptr(store), ctypes.c_void_p).value or 0
+        self._size = memory.data_len(store)
 
     @staticmethod
     def u32(value: int) -> int:
@@ -31,13 +37,15 @@ class GuestMemory:
 
     def check(self, ptr: int, length: int) -> tuple[int, int]:
         ptr, length = self.u32(ptr), self.u32(length)
-        if ptr + length > self._memory.data_len(self._caller):
+        if ptr + length > self._size and ptr + length > (size := self._memory.data_len(self._store)):
             raise NnError(Errno.INVALID_ARGUMENT, f"guest range [{ptr}, {ptr + length}) is outside its memory")
+        if ptr + length > self._size:
+            self._size = size  # the guest grew its memory
         return ptr, length
 
     def read(self, ptr: int, length: int) -> bytes:
         ptr, length = self.check(ptr, length)
-        return bytes(self._memory.read(self._caller, ptr, ptr + length))
+        return ctypes.string_at(self._base + ptr, length)
 
     def read_str(self, ptr: int, length: int) -> str:
         try:
@@ -47,7 +55,7 @@ class GuestMemory:
 
     def write(self, ptr: int, data: bytes) -> None:
         ptr, _ = self.check(ptr, len(data))
-        self._memory.write(self._caller, data, ptr)
+        ctypes.memmove(self._base + ptr, data, len(data))
 
     def write_u32(self, ptr: int, value: int) -> None:
         self.write(ptr, _U32.pack(value))

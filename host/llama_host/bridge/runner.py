@@ -115,8 +115,9 @@ class GuestRunner:
         self.config = config
         wasm_config = wasmtime.Config()
         wasm_config.epoch_interruption = True
+        wasm_config.memory_may_move = False  # GuestMemory keeps the base address
         self.engine = wasmtime.Engine(wasm_config)
-        self._engine_key = f"wasmtime-{importlib.metadata.version('wasmtime')}|epoch"
+        self._engine_key = f"wasmtime-{importlib.metadata.version('wasmtime')}|epoch|fixed-memory"
         self.linker = wasmtime.Linker(self.engine)
         self.linker.define_wasi()
         for module, target, imports in ((wasi_nn.MODULE, "nn", _NN_IMPORTS), (hostext.MODULE, "ext", _EXT_IMPORTS)):

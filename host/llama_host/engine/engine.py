@@ -165,7 +165,7 @@ class Engine:
                 for slot in self._slots:
                     if slot.busy:
                         self._finish(slot, FinishReason.ERROR, error=failure)
-                        slot.cached = []
+                    slot.cached = []  # the KV cache is cleared below: nothing is reusable
                 self.ctx.clear()
         with self._cond:
             waiting, self._waiting = list(self._waiting), collections.deque()
