@@ -409,3 +409,20 @@ def test_memory_grown_by_the_guest_is_usable(runner):
     p.call("load_by_name", 131070, 7, p.slot())  # still past the end
     errnos, _, _ = run(runner, p)
     assert errnos == [0, E.INVALID_ARGUMENT]
+
+
+def test_embedding_through_wasi_nn(runner, registry):
+    p = Program()
+    ctx, _ = session(p, b"spm", b"Hello world", {"embedding": True})
+    p.call("compute", ctx)
+    output(p, ctx, 0, size=8192)
+    graph, bare = p.slot(), p.slot()
+    p.call("load_by_name", p.data(b"spm"), 3, graph)
+    p.call("init_execution_context", load(graph), bare)
+    p.call("set_input", load(bare), 1, p.tensor(b'{"embedding": true}'))
+    p.call("compute", load(bare))  # no prompt
+    errnos, _, (body,) = run(runner, p)
+    assert errnos == [0] * 6 + [0, 0, 0, E.INVALID_ARGUMENT]
+    data = json.loads(body)
+    [(expected, _)] = registry.get("spm").embedder().embed(["Hello world"])
+    assert data["n_embedding"] == 64 and data["embedding"] == pytest.approx(expected.tolist(), abs=1e-6)

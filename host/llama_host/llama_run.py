@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from llama_host.bridge.runner import GuestLoadError, GuestRunner, RunnerConfig
 from llama_host.engine import EngineConfig
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         preloads = parse_preloads(args.nn_preload)
-        wasm = open(args.wasm, "rb").read()
+        wasm = Path(args.wasm).read_bytes()
     except (PreloadError, OSError) as e:
         print(f"llama-run: error: {e}", file=sys.stderr)
         return 2

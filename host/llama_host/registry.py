@@ -9,6 +9,7 @@ import threading
 from llama_host.engine import Engine, EngineConfig, Model
 from llama_host.engine.embed import Embedder
 from llama_host.preload import Preload
+from llama_host.resource import Resource
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class ServedModel:
         self.model.close()
 
 
-class ModelRegistry:
+class ModelRegistry(Resource):
     def __init__(self, models: list[ServedModel] | None = None) -> None:
         self._models = {m.name: m for m in models or []}
 
@@ -73,9 +74,3 @@ class ModelRegistry:
         for m in self._models.values():
             m.close()
         self._models.clear()
-
-    def __enter__(self) -> ModelRegistry:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

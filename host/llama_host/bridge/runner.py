@@ -25,6 +25,7 @@ from llama_host.bridge import hostext, wasi_nn
 from llama_host.bridge.abi import Errno, NnError
 from llama_host.bridge.memory import GuestMemory
 from llama_host.registry import ModelRegistry
+from llama_host.resource import Resource
 
 log = logging.getLogger(__name__)
 guest_log = logging.getLogger("llama_host.guest")
@@ -109,7 +110,7 @@ def _host_function(target: str, name: str, returns_value: bool) -> Callable:
     return call
 
 
-class GuestRunner:
+class GuestRunner(Resource):
     def __init__(self, registry: ModelRegistry, config: RunnerConfig = RunnerConfig()) -> None:
         self.registry = registry
         self.config = config
@@ -136,12 +137,6 @@ class GuestRunner:
     def close(self) -> None:
         self._stop.set()
         self._ticker.join()
-
-    def __enter__(self) -> GuestRunner:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # --- modules ------------------------------------------------------------------------------
 

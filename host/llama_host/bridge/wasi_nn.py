@@ -260,11 +260,15 @@ class NnSession:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _submit(self, ctx: ExecContext) -> RequestHandle:
+    @staticmethod
+    def _prompt(ctx: ExecContext) -> bytes:
         if ctx.prompt is None:
             raise NnError(Errno.INVALID_ARGUMENT, "no prompt: call set_input with index 0 first")
+        return ctx.prompt
+
+    def _submit(self, ctx: ExecContext) -> RequestHandle:
         served, md = ctx.graph.served, ctx.metadata
-        tokens = served.model.tokenize(ctx.prompt)
+        tokens = served.model.tokenize(self._prompt(ctx))
         ctx.input_tokens = len(tokens)
         n_predict = md.get("n-predict", -1)
         stop = list(md.get("stop", []))
@@ -310,11 +314,9 @@ class NnSession:
         return Errno.END_OF_SEQUENCE if single else Errno.SUCCESS
 
     def _embed(self, ctx: ExecContext) -> Errno:
-        if ctx.prompt is None:
-            raise NnError(Errno.INVALID_ARGUMENT, "no prompt: call set_input with index 0 first")
-        served = ctx.graph.served
+        text = self._prompt(ctx).decode("utf-8", "replace")
         try:
-            [(vector, n_tokens)] = served.embedder().embed([ctx.prompt.decode("utf-8", "replace")])
+            [(vector, n_tokens)] = ctx.graph.served.embedder().embed([text])
         except PromptTooLong as e:
             raise NnError(Errno.PROMPT_TOO_LONG, str(e)) from e
         ctx.input_tokens = n_tokens

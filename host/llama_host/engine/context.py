@@ -6,6 +6,7 @@ import os
 
 from llama_host.engine import lib
 from llama_host.engine.model import Model
+from llama_host.resource import Resource
 
 C = lib.C
 
@@ -22,7 +23,7 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-class Batch:
+class Batch(Resource):
     """A ``llama_batch`` with room for ``capacity`` tokens, filled with :meth:`add`."""
 
     def __init__(self, capacity: int, n_seq_max: int = 1) -> None:
@@ -56,14 +57,8 @@ class Batch:
             C.llama_batch_free(self._b)
             self._b = None
 
-    def __enter__(self) -> Batch:
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class Context:
+class Context(Resource):
     """One ``llama_context``: ``n_ctx`` KV cells shared by up to ``n_seq_max`` sequences."""
 
     def __init__(
@@ -123,9 +118,3 @@ class Context:
         if self._ptr:
             C.llama_free(self._ptr)
             self._ptr = None
-
-    def __enter__(self) -> Context:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -10,11 +10,12 @@ from llama_host.engine import lib
 from llama_host.engine.context import Batch, Context
 from llama_host.engine.model import Model
 from llama_host.errors import PromptTooLong
+from llama_host.resource import Resource
 
 C = lib.C
 
 
-class Embedder:
+class Embedder(Resource):
     """Its own small context (embeddings on, mean pooling) beside the generation context, so
     embedding requests never disturb the KV cache of chats. One input at a time, each decoded
     in a single batch, as pooling over a causal model needs."""
@@ -60,9 +61,3 @@ class Embedder:
     def close(self) -> None:
         self._batch.close()
         self.ctx.close()
-
-    def __enter__(self) -> Embedder:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

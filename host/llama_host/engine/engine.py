@@ -23,6 +23,7 @@ from llama_host.engine.sampling import Sampler
 from llama_host.engine.stats import EngineStats, StatsRecorder
 from llama_host.engine.text import TextStream
 from llama_host.errors import EngineClosed, EngineFailure, HostError, PromptTooLong, QueueFull
+from llama_host.resource import Resource
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
-class Engine:
+class Engine(Resource):
     def __init__(self, model: Model, config: EngineConfig = EngineConfig()) -> None:
         self.model = model
         self.config = config
@@ -140,12 +141,6 @@ class Engine:
             return
         self._batch.close()
         self.ctx.close()
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # --- scheduler thread ---------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from llama_host.engine import lib
 from llama_host.engine.amx import AmxState, amx_state
+from llama_host.resource import Resource
 
 C = lib.C
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def _extra_buffer_types_safe() -> bool:
     return True
 
 
-class Model:
+class Model(Resource):
     """One ``llama_model``; free it with ``close()`` or a ``with`` block, never the GC."""
 
     def __init__(
@@ -112,12 +113,6 @@ class Model:
             C.llama_model_free(self._ptr)
             self._ptr = None
             self.vocab = None
-
-    def __enter__(self) -> Model:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     # --- metadata ---------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from llama_host.engine import lib
 from llama_host.engine.context import Context
 from llama_host.engine.model import Model
 from llama_host.errors import InvalidGrammar
+from llama_host.resource import Resource
 
 C = lib.C
 
@@ -41,7 +42,7 @@ class SamplingParams:
 GREEDY = SamplingParams(temperature=0.0)
 
 
-class Sampler:
+class Sampler(Resource):
     """A native chain for one sequence, in llama.cpp's usual order: logit bias → penalties →
     grammar → (greedy | top-k → typical → top-p → min-p → temperature → seeded draw).
     ``sample`` also feeds the chosen token back into stateful samplers (penalties, grammar).
@@ -100,12 +101,6 @@ class Sampler:
         if self._ptr:
             C.llama_sampler_free(self._ptr)
             self._ptr = None
-
-    def __enter__(self) -> Sampler:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def grammar_from_json_schema(schema: str) -> str:
