@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 LLAMA_CPP_PYTHON=0.3.36 # exact: its ctypes declarations match the llama.cpp it vendors
+ZIG=0.14.1              # exact: the guest's Zig is written for this compiler (PyPI: ziglang)
 CACHE=.cache
 
 say() { printf '==> %s\n' "$*"; }
@@ -101,5 +102,10 @@ fi
 # --- llama-host and its pinned dependencies -----------------------------------------------
 say "installing llama-host and its dependencies"
 "$VPY" -m pip install -q -e ".[test]" -c constraints.txt
+
+# --- the guest: Zig → wasm32-wasi, ReleaseSafe ----------------------------------------------
+"$VPY" -m pip install -q "ziglang==$ZIG"
+say "building the guest (guest/ → guest/zig-out/bin/llama-host-guest.wasm)"
+(cd guest && ../"$VPY" -m ziglang build --summary none) || die "the guest did not build (see the Zig errors above)"
 
 say "done: backend $backend; run tests with: .venv/bin/python -m pytest"

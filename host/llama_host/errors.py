@@ -14,6 +14,8 @@ class ErrorKind(enum.Enum):
     INVALID_REQUEST = ("invalid_request_error", 400, None)
     CONTEXT_LENGTH = ("invalid_request_error", 400, "context_length_exceeded")
     INVALID_GRAMMAR = ("invalid_request_error", 400, "invalid_grammar")
+    TEMPLATE_ERROR = ("invalid_request_error", 400, "template_error")
+    MODEL_NOT_FOUND = ("invalid_request_error", 404, "model_not_found")
     QUEUE_FULL = ("server_error", 503, "queue_full")
     UNAVAILABLE = ("server_error", 503, "unavailable")
     INTERNAL = ("server_error", 500, None)
@@ -29,6 +31,11 @@ class ErrorKind(enum.Enum):
     @property
     def code(self) -> str | None:
         return self.value[2]
+
+
+def error_body(kind: ErrorKind, message: str, param: str | None = None) -> dict:
+    """The OpenAI error object."""
+    return {"error": {"message": message, "type": kind.openai_type, "param": param, "code": kind.code}}
 
 
 class HostError(Exception):

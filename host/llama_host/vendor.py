@@ -42,3 +42,13 @@ def vocab_gguf(name: str) -> Path:
 
 def chat_templates_dir() -> Path:
     return llama_cpp_source() / "models" / "templates"
+
+
+def guest_wasm() -> Path:
+    """The guest module build.sh compiles (guest/, Zig)."""
+    return REPO_ROOT / "guest" / "zig-out" / "bin" / "llama-host-guest.wasm"
+
+
+def templates_dir() -> Path:
+    """The named prompt templates (templates/<name>.jinja)."""
+    return REPO_ROOT / "templates"

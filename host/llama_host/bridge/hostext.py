@@ -26,6 +26,7 @@ class HostExt:
         self.request = request
         self.on_emit = on_emit
         self.emitted: list[bytes] = []  # kept when no callback is given
+        self.error_message = ""  # the message of the last import that failed
 
     def abi_version(self, mem: GuestMemory) -> int:
         return ABI_VERSION
@@ -65,3 +66,6 @@ class HostExt:
             self.on_emit(data)
         else:
             self.emitted.append(data)
+
+    def last_error(self, mem: GuestMemory, buf: int, buf_max: int, written: int) -> Errno:
+        return mem.write_output(buf, buf_max, written, self.error_message.encode())

@@ -38,7 +38,9 @@ _NN_IMPORTS = {
     "set_input": 3, "compute": 1, "compute_single": 1, "fini_single": 1, "get_output": 5,
     "get_output_single": 5, "unload": 1, "finalize_execution_context": 1,
 }
-_EXT_IMPORTS = {"abi_version": 0, "model_info": 4, "request_size": 0, "request_read": 3, "emit": 2}
+_EXT_IMPORTS = {
+    "abi_version": 0, "model_info": 4, "request_size": 0, "request_read": 3, "emit": 2, "last_error": 3,
+}
 _EXT_VALUES = {"abi_version", "request_size"}  # return a value, not an errno
 
 
@@ -100,6 +102,7 @@ def _host_function(target: str, name: str, returns_value: bool) -> Callable:
             return int(Errno.SUCCESS if rc is None else rc)
         except NnError as e:
             log.debug("%s: %s", name, e)
+            instance.ext.error_message = str(e)
             return int(e.errno)
         except Exception:  # never let Python unwind into wasmtime
             log.exception("host function %s failed", name)

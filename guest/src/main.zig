@@ -1,0 +1,100 @@
+//! llama-host's guest: answers one OpenAI request per run (guest/ABI.md).
+//!
+//!   llama-host-guest <command> [config JSON]
+//!
+//! commands: `chat` (/v1/chat/completions), `complete` (/v1/completions), `apply-template`
+//! (a chat request's rendered prompt), `jinja` (render a template given inline: tests, tools).
+//! The request body comes from llama_host_v1.request_read; the answer goes out in frames
+//! (reply.zig).
+const std = @import("std");
+const abi = @import("abi.zig");
+const config = @import("config.zig");
+const fields = @import("fields.zig");
+const jinja = @import("jinja.zig");
+const openai = @import("openai.zig");
+const prompt = @import("prompt.zig");
+const reply = @import("reply.zig");
+
+pub const std_options: std.Options = .{ .log_level = .warn };
+
+const Command = enum { chat, complete, @"apply-template", jinja };
+
+pub fn main() void {
+    // One request per instance: allocate from an arena and let the instance's end free it.
+    var arena = std.heap.ArenaAllocator.init(std.heap.wasm_allocator);
+    const gpa = arena.allocator();
+    run(gpa) catch |err| switch (err) {
+        error.OutOfMemory => reply.fail(gpa, .internal, "the request needs more memory than the guest may use", null),
+    };
+}
+
+fn run(gpa: std.mem.Allocator) error{OutOfMemory}!void {
+    const args = std.process.argsAlloc(gpa) catch |err| switch (err) {
+        error.OutOfMemory => return error.OutOfMemory,
+        else => return reply.fail(gpa, .internal, "cannot read the guest's arguments", null),
+    };
+    const command = if (args.len > 1) std.meta.stringToEnum(Command, args[1]) else null;
+    if (command == null) {
+        reply.fail(gpa, .internal, "usage: llama-host-guest chat|complete|apply-template|jinja [config JSON]", null);
+        return;
+    }
+    const cfg = config.parse(gpa, if (args.len > 2) args[2] else "{}") catch |err| {
+        const message = try std.fmt.allocPrint(gpa, "the guest's configuration is invalid ({s})", .{@errorName(err)});
+        return reply.fail(gpa, .internal, message, null);
+    };
+    const body = abi.readRequest(gpa) catch |err| switch (err) {
+        error.OutOfMemory => return error.OutOfMemory,
+        else => return reply.fail(gpa, .internal, "cannot read the request", null),
+    };
+    switch (command.?) {
+        .chat, .complete => {
+            var failure = openai.Failure{ .kind = .internal, .message = "" };
+            openai.serve(gpa, if (command.? == .chat) .chat else .completion, cfg, body, &failure) catch |err| switch (err) {
+                error.OutOfMemory => return error.OutOfMemory,
+                error.Failed => reply.fail(gpa, failure.kind, failure.message, failure.param),
+            };
+        },
+        .@"apply-template" => try applyTemplate(gpa, cfg, body),
+        .jinja => try renderInline(gpa, body),
+    }
+}
+
+/// {"prompt": <the rendered chat prompt>}, as llama-server's /apply-template answers.
+fn applyTemplate(gpa: std.mem.Allocator, cfg: config.Config, body: []const u8) error{OutOfMemory}!void {
+    var problem = fields.Problem{ .gpa = gpa };
+    const text = applyTemplateChecked(gpa, cfg, body, &problem) catch |err| switch (err) {
+        error.OutOfMemory => return error.OutOfMemory,
+        error.Invalid => return reply.fail(gpa, .invalid_request, problem.message, problem.param),
+        error.Template => return reply.fail(gpa, .template_error, problem.message, null),
+        error.ModelNotFound => return reply.fail(gpa, .model_not_found, problem.message, "model"),
+        else => return reply.fail(gpa, .internal, @errorName(err), null),
+    };
+    try reply.json(gpa, .body, .{ .prompt = text });
+}
+
+fn applyTemplateChecked(gpa: std.mem.Allocator, cfg: config.Config, body: []const u8, problem: *fields.Problem) ![]const u8 {
+    const request = try fields.parseBody(gpa, body, problem);
+    const id = try request.string("model");
+    const model = cfg.find(id) orelse {
+        problem.message = try std.fmt.allocPrint(gpa, "the model '{s}' does not exist", .{id orelse ""});
+        return error.ModelNotFound;
+    };
+    const graph = try abi.Graph.loadByName(model.preload);
+    const info = try prompt.ModelInfo.read(gpa, graph);
+    return prompt.renderChat(gpa, model, info, request, problem);
+}
+
+/// Renders {"template": source, "context": {...}, "now": seconds} and answers the raw text.
+fn renderInline(gpa: std.mem.Allocator, body: []const u8) error{OutOfMemory}!void {
+    const Request = struct { template: []const u8, context: std.json.Value, now: i64 = 0 };
+    const request = std.json.parseFromSliceLeaky(Request, gpa, body, .{ .ignore_unknown_fields = true, .allocate = .alloc_always }) catch |err| switch (err) {
+        error.OutOfMemory => return error.OutOfMemory,
+        else => return reply.fail(gpa, .invalid_request, "expected {\"template\": string, \"context\": object, \"now\": integer}", null),
+    };
+    var diag = jinja.Diagnostic{};
+    const text = jinja.render(gpa, request.template, request.context, .{ .now = request.now }, &diag) catch |err| switch (err) {
+        error.OutOfMemory => return error.OutOfMemory,
+        error.TemplateError => return reply.fail(gpa, .template_error, diag.message, null),
+    };
+    try reply.raw(gpa, .body, text);
+}

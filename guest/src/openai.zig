@@ -1,0 +1,419 @@
+//! OpenAI's chat completions and (legacy) completions: validate the request, map it to WASI-NN
+//! metadata, run the model, and answer in OpenAI's exact shapes, streamed or not.
+const std = @import("std");
+const abi = @import("abi.zig");
+const config = @import("config.zig");
+const fields = @import("fields.zig");
+const prompt = @import("prompt.zig");
+const reply = @import("reply.zig");
+
+const Value = std.json.Value;
+const Allocator = std.mem.Allocator;
+const Object = fields.Object;
+
+pub const Api = enum { chat, completion };
+
+/// What a request failed on, before or while generating. `param` names the request field.
+pub const Failure = struct {
+    kind: reply.Kind,
+    message: []const u8,
+    param: ?[]const u8 = null,
+};
+
+pub const Error = error{ Failed, OutOfMemory };
+
+/// A validated request, ready to run.
+const Job = struct {
+    model: *const config.Model,
+    model_id: []const u8,
+    metadata: std.json.ObjectMap,
+    stream: bool = false,
+    include_usage: bool = false,
+    echo: ?[]const u8 = null, // completions: the prompt, prepended to the text
+};
+
+pub fn serve(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, failure: *Failure) Error!void {
+    var problem = fields.Problem{ .gpa = gpa };
+    serveChecked(gpa, api, cfg, body, &problem, failure) catch |err| switch (err) {
+        error.Invalid => {
+            failure.* = .{ .kind = .invalid_request, .message = problem.message, .param = problem.param };
+            return error.Failed;
+        },
+        error.Failed, error.OutOfMemory => |e| return e,
+    };
+}
+
+fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, problem: *fields.Problem, failure: *Failure) (Error || fields.Invalid)!void {
+    const request = try fields.parseBody(gpa, body, problem);
+    var job = try validate(gpa, api, cfg, request, failure);
+    const graph = abi.Graph.loadByName(job.model.preload) catch |err| return hostFailure(gpa, err, &job, failure);
+    const text = switch (api) {
+        .chat => blk: {
+            const info = try prompt.ModelInfo.read(gpa, graph);
+            break :blk prompt.renderChat(gpa, job.model, info, request, problem) catch |err| switch (err) {
+                error.Template => {
+                    failure.* = .{ .kind = .template_error, .message = problem.message };
+                    return error.Failed;
+                },
+                else => |e| return e,
+            };
+        },
+        .completion => try completionPrompt(request, &job),
+    };
+    const ctx = graph.context() catch |err| return hostFailure(gpa, err, &job, failure);
+    defer ctx.finalize();
+    var metadata = std.ArrayList(u8).init(gpa);
+    try std.json.stringify(Value{ .object = job.metadata }, .{}, metadata.writer());
+    ctx.setInput(.metadata, metadata.items) catch |err| return hostFailure(gpa, err, &job, failure);
+    ctx.setInput(.prompt, text) catch |err| return hostFailure(gpa, err, &job, failure);
+
+    const answer = Answer.init(gpa, api, cfg, job);
+    if (job.stream) {
+        try streamAnswer(gpa, ctx, &job, answer, failure);
+    } else {
+        ctx.compute() catch |err| switch (err) {
+            error.ContextFull => {}, // the text so far is the answer, finish_reason "length"
+            else => return hostFailure(gpa, err, &job, failure),
+        };
+        const generated = ctx.output(gpa, .text) catch |err| return hostFailure(gpa, err, &job, failure);
+        const usage = try Usage.read(gpa, ctx);
+        try answer.whole(generated, usage);
+    }
+}
+
+// --- validation ---------------------------------------------------------------------------
+
+fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failure: *Failure) (Error || fields.Invalid)!Job {
+    const model_id = try request.string("model");
+    const model = cfg.find(model_id) orelse {
+        var names = std.ArrayList(u8).init(gpa);
+        for (cfg.models, 0..) |m, i| {
+            if (i > 0) try names.appendSlice(", ");
+            try names.appendSlice(m.id);
+        }
+        failure.* = .{
+            .kind = .model_not_found,
+            .message = try std.fmt.allocPrint(gpa, "the model '{s}' does not exist; available: {s}", .{ model_id orelse "", names.items }),
+            .param = "model",
+        };
+        return error.Failed;
+    };
+    var job = Job{ .model = model, .model_id = model.id, .metadata = std.json.ObjectMap.init(gpa) };
+    const md = &job.metadata;
+    if (cfg.defaults) |defaults| if (defaults == .object) {
+        var it = defaults.object.iterator();
+        while (it.next()) |e| try md.put(e.key_ptr.*, e.value_ptr.*);
+    };
+
+    const max_name = if (api == .chat and request.get("max_completion_tokens") != null) "max_completion_tokens" else "max_tokens";
+    if (try request.integer(max_name, 0, std.math.maxInt(i32))) |n| try md.put("n-predict", .{ .integer = n });
+    if (try request.number("temperature", 0, 2)) |x| try md.put("temp", .{ .float = x });
+    if (try request.number("top_p", 0, 1)) |x| try md.put("top-p", .{ .float = x });
+    if (try request.number("min_p", 0, 1)) |x| try md.put("min-p", .{ .float = x });
+    if (try request.integer("top_k", 0, std.math.maxInt(i32))) |n| try md.put("top-k", .{ .integer = n });
+    if (try request.number("presence_penalty", -2, 2)) |x| try md.put("presence-penalty", .{ .float = x });
+    if (try request.number("frequency_penalty", -2, 2)) |x| try md.put("frequency-penalty", .{ .float = x });
+    if (try request.number("repeat_penalty", 0, 10)) |x| try md.put("repeat-penalty", .{ .float = x });
+    if (try request.integer("seed", std.math.minInt(i64), std.math.maxInt(i64))) |n| try md.put("seed", .{ .integer = n });
+    if (try request.boolean("ignore_eos")) |b| try md.put("ignore-eos", .{ .bool = b });
+    if (try request.string("grammar")) |g| try md.put("grammar", .{ .string = g });
+    _ = try request.string("user");
+    if (try request.integer("n", 1, std.math.maxInt(i32))) |n| if (n != 1)
+        return request.problem.fail("n", "'n' must be 1: one choice per request is supported, got {d}", .{n});
+    if (request.get("logprobs")) |v| if (!(v == .bool and !v.bool) and !(v == .integer and v.integer == 0))
+        return request.problem.fail("logprobs", "'logprobs' is not supported", .{});
+    try stopStrings(request, md);
+    try logitBias(gpa, request, md);
+    if (api == .chat) try responseFormat(gpa, request, md);
+
+    job.stream = (try request.boolean("stream")) orelse false;
+    if (try request.object("stream_options")) |opts| {
+        job.include_usage = (try opts.boolean("include_usage")) orelse false;
+    }
+    return job;
+}
+
+fn stopStrings(request: Object, md: *std.json.ObjectMap) fields.Invalid!void {
+    const v = request.get("stop") orelse return;
+    switch (v) {
+        .string => |s| {
+            var list = std.json.Array.init(md.allocator);
+            if (s.len > 0) try list.append(v);
+            try md.put("stop", .{ .array = list });
+        },
+        .array => |a| {
+            if (a.items.len > 16) return request.problem.fail("stop", "'stop' has {d} strings; at most 16", .{a.items.len});
+            var list = std.json.Array.init(md.allocator);
+            for (a.items) |item| {
+                if (item != .string) return request.problem.fail("stop", "'stop' must be a string or a list of strings, and it holds {s}", .{fields.typeName(item)});
+                if (item.string.len > 0) try list.append(item);
+            }
+            try md.put("stop", .{ .array = list });
+        },
+        else => return request.problem.fail("stop", "'stop' must be a string or a list of strings, not {s}", .{fields.typeName(v)}),
+    }
+}
+
+fn logitBias(gpa: Allocator, request: Object, md: *std.json.ObjectMap) fields.Invalid!void {
+    const bias = (try request.object("logit_bias")) orelse return;
+    var out = std.json.ObjectMap.init(gpa);
+    var it = bias.map.iterator();
+    while (it.next()) |e| {
+        const token = std.fmt.parseInt(u31, e.key_ptr.*, 10) catch
+            return request.problem.fail("logit_bias", "'logit_bias' keys must be token ids, got '{s}'", .{e.key_ptr.*});
+        _ = token;
+        const x = (try bias.number(e.key_ptr.*, -100, 100)).?;
+        try out.put(e.key_ptr.*, .{ .float = x });
+    }
+    try md.put("logit-bias", .{ .object = out });
+}
+
+fn responseFormat(gpa: Allocator, request: Object, md: *std.json.ObjectMap) fields.Invalid!void {
+    const format = (try request.object("response_format")) orelse return;
+    const kind = (try format.string("type")) orelse return request.problem.fail("response_format.type", "'response_format.type' is required", .{});
+    if (std.mem.eql(u8, kind, "text")) return;
+    if (std.mem.eql(u8, kind, "json_object")) {
+        try md.put("json-schema", .{ .string = "{\"type\": \"object\"}" });
+        return;
+    }
+    if (std.mem.eql(u8, kind, "json_schema")) {
+        const spec = (try format.object("json_schema")) orelse
+            return request.problem.fail("response_format.json_schema", "'response_format.json_schema' is required for type json_schema", .{});
+        const schema = (try spec.object("schema")) orelse
+            return request.problem.fail("response_format.json_schema.schema", "'response_format.json_schema.schema' is required", .{});
+        const text = try std.json.stringifyAlloc(gpa, Value{ .object = schema.map }, .{});
+        try md.put("json-schema", .{ .string = text });
+        return;
+    }
+    return request.problem.fail("response_format.type", "'response_format.type' must be text, json_object or json_schema, not '{s}'", .{kind});
+}
+
+/// The prompt of a completions request: a string, or a list holding one string.
+fn completionPrompt(request: Object, job: *Job) fields.Invalid![]const u8 {
+    const v = request.get("prompt") orelse return request.problem.fail("prompt", "'prompt' is required", .{});
+    const text = switch (v) {
+        .string => |s| s,
+        .array => |a| blk: {
+            if (a.items.len != 1 or a.items[0] != .string)
+                return request.problem.fail("prompt", "'prompt' must be a string or a list of one string (token-id prompts and batches are not supported)", .{});
+            break :blk a.items[0].string;
+        },
+        else => return request.problem.fail("prompt", "'prompt' must be a string, not {s}", .{fields.typeName(v)}),
+    };
+    if ((try request.boolean("echo")) orelse false) job.echo = text;
+    _ = try request.string("suffix");
+    return text;
+}
+
+// --- host failures ------------------------------------------------------------------------
+
+fn hostFailure(gpa: Allocator, err: anyerror, job: *const Job, failure: *Failure) Error {
+    if (err == error.OutOfMemory) return error.OutOfMemory;
+    var buf: [1024]u8 = undefined;
+    const said = gpa.dupe(u8, abi.lastError(&buf)) catch "";
+    const has_grammar = job.metadata.get("grammar") != null or job.metadata.get("json-schema") != null;
+    failure.* = switch (err) {
+        error.PromptTooLong => .{ .kind = .context_length, .message = said, .param = "messages" },
+        error.Busy => .{ .kind = .queue_full, .message = said },
+        error.InvalidArgument => if (has_grammar)
+            .{ .kind = .invalid_grammar, .message = said, .param = if (job.metadata.get("grammar") != null) "grammar" else "response_format" }
+        else
+            .{ .kind = .invalid_request, .message = said },
+        else => .{ .kind = .internal, .message = if (said.len > 0) said else @errorName(err) },
+    };
+    return error.Failed;
+}
+
+// --- answers ------------------------------------------------------------------------------
+
+const Usage = struct {
+    prompt_tokens: i64 = 0,
+    completion_tokens: i64 = 0,
+    cached_tokens: i64 = 0,
+    finish_reason: []const u8 = "stop",
+
+    fn read(gpa: Allocator, ctx: abi.Context) error{OutOfMemory}!Usage {
+        const bytes = ctx.output(gpa, .metadata) catch return .{};
+        return parse(gpa, bytes);
+    }
+
+    fn readSingle(gpa: Allocator, ctx: abi.Context) error{OutOfMemory}!Usage {
+        var buf: [512]u8 = undefined;
+        const bytes = ctx.outputSingle(gpa, .metadata, &buf) catch return .{};
+        return parse(gpa, bytes);
+    }
+
+    fn parse(gpa: Allocator, bytes: []const u8) error{OutOfMemory}!Usage {
+        const Meta = struct {
+            input_tokens: i64 = 0,
+            output_tokens: i64 = 0,
+            cached_tokens: i64 = 0,
+            finish_reason: ?[]const u8 = null,
+            context_full: bool = false,
+        };
+        const m = std.json.parseFromSliceLeaky(Meta, gpa, bytes, .{ .ignore_unknown_fields = true }) catch |err| switch (err) {
+            error.OutOfMemory => return error.OutOfMemory,
+            else => return .{},
+        };
+        const length = m.context_full or (m.finish_reason != null and std.mem.eql(u8, m.finish_reason.?, "length"));
+        return .{
+            .prompt_tokens = m.input_tokens,
+            .completion_tokens = m.output_tokens,
+            .cached_tokens = m.cached_tokens,
+            .finish_reason = if (length) "length" else "stop",
+        };
+    }
+
+    pub fn jsonStringify(self: Usage, jws: anytype) !void {
+        try jws.write(.{
+            .prompt_tokens = self.prompt_tokens,
+            .completion_tokens = self.completion_tokens,
+            .total_tokens = self.prompt_tokens + self.completion_tokens,
+            .prompt_tokens_details = .{ .cached_tokens = self.cached_tokens },
+        });
+    }
+};
+
+/// Formats one request's answer: ids, `created`, the model, and the choice shapes of its API.
+const Answer = struct {
+    gpa: Allocator,
+    api: Api,
+    id: []const u8,
+    created: i64,
+    model: []const u8,
+    fingerprint: []const u8,
+    include_usage: bool,
+    echo: ?[]const u8,
+
+    fn init(gpa: Allocator, api: Api, cfg: config.Config, job: Job) Answer {
+        return .{
+            .gpa = gpa,
+            .api = api,
+            .id = newId(gpa, if (api == .chat) "chatcmpl-" else "cmpl-"),
+            .created = std.time.timestamp(),
+            .model = job.model_id,
+            .fingerprint = cfg.system_fingerprint,
+            .include_usage = job.include_usage,
+            .echo = job.echo,
+        };
+    }
+
+    fn whole(self: Answer, generated: []const u8, usage: Usage) error{OutOfMemory}!void {
+        switch (self.api) {
+            .chat => try reply.json(self.gpa, .body, .{
+                .id = self.id,
+                .object = "chat.completion",
+                .created = self.created,
+                .model = self.model,
+                .system_fingerprint = self.fingerprint,
+                .choices = .{.{
+                    .index = 0,
+                    .message = .{ .role = "assistant", .content = generated },
+                    .logprobs = null,
+                    .finish_reason = usage.finish_reason,
+                }},
+                .usage = usage,
+            }),
+            .completion => try reply.json(self.gpa, .body, .{
+                .id = self.id,
+                .object = "text_completion",
+                .created = self.created,
+                .model = self.model,
+                .system_fingerprint = self.fingerprint,
+                .choices = .{.{
+                    .text = if (self.echo) |p| try std.mem.concat(self.gpa, u8, &.{ p, generated }) else generated,
+                    .index = 0,
+                    .logprobs = null,
+                    .finish_reason = usage.finish_reason,
+                }},
+                .usage = usage,
+            }),
+        }
+    }
+
+    /// A chat delta chunk (`role` only in the first) or a completion text chunk.
+    fn chunk(self: Answer, text: []const u8, first: bool, finish_reason: ?[]const u8) error{OutOfMemory}!void {
+        const usage: ?Usage = null;
+        switch (self.api) {
+            .chat => if (finish_reason) |reason|
+                try self.event("chat.completion.chunk", .{.{ .index = 0, .delta = Empty{}, .logprobs = null, .finish_reason = reason }}, usage)
+            else
+                try self.event("chat.completion.chunk", .{.{
+                    .index = 0,
+                    .delta = Delta{ .role = if (first) "assistant" else null, .content = text },
+                    .logprobs = null,
+                    .finish_reason = null,
+                }}, usage),
+            .completion => try self.event("text_completion", .{.{
+                .text = text,
+                .index = 0,
+                .logprobs = null,
+                .finish_reason = finish_reason,
+            }}, usage),
+        }
+    }
+
+    fn usageChunk(self: Answer, usage: Usage) error{OutOfMemory}!void {
+        try self.event(if (self.api == .chat) "chat.completion.chunk" else "text_completion", &[_]Empty{}, usage);
+    }
+
+    fn event(self: Answer, object: []const u8, choices: anytype, usage: ?Usage) error{OutOfMemory}!void {
+        if (self.include_usage) {
+            try reply.json(self.gpa, .event, .{ .id = self.id, .object = object, .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = choices, .usage = usage });
+        } else {
+            try reply.json(self.gpa, .event, .{ .id = self.id, .object = object, .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = choices });
+        }
+    }
+
+    const Delta = struct {
+        role: ?[]const u8 = null,
+        content: []const u8,
+
+        pub fn jsonStringify(self: Delta, jws: anytype) !void {
+            try jws.beginObject();
+            if (self.role) |role| {
+                try jws.objectField("role");
+                try jws.write(role);
+            }
+            try jws.objectField("content");
+            try jws.write(self.content);
+            try jws.endObject();
+        }
+    };
+    const Empty = struct {};
+};
+
+fn streamAnswer(gpa: Allocator, ctx: abi.Context, job: *const Job, answer: Answer, failure: *Failure) Error!void {
+    defer ctx.finiSingle();
+    var buf: [256]u8 = undefined;
+    var started = false;
+    while (true) {
+        const more = if (ctx.computeSingle()) true else |err| switch (err) {
+            error.EndOfSequence, error.ContextFull => false,
+            else => return hostFailure(gpa, err, job, failure),
+        };
+        if (!started) {
+            // only now: a prompt that is too long or a full queue is still an HTTP error
+            started = true;
+            try answer.chunk(if (answer.api == .completion) (answer.echo orelse "") else "", true, null);
+        }
+        if (!more) break;
+        const piece = ctx.outputSingle(gpa, .text, &buf) catch |err| return hostFailure(gpa, err, job, failure);
+        if (piece.len > 0) try answer.chunk(piece, false, null);
+    }
+    const usage = try Usage.readSingle(gpa, ctx);
+    try answer.chunk("", false, usage.finish_reason);
+    if (answer.include_usage) try answer.usageChunk(usage);
+    try reply.raw(gpa, .event, "[DONE]");
+}
+
+/// "chatcmpl-" followed by 24 random letters and digits (WASI random_get).
+fn newId(gpa: Allocator, prefix: []const u8) []const u8 {
+    const alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    var random: [24]u8 = undefined;
+    std.crypto.random.bytes(&random);
+    const id = gpa.alloc(u8, prefix.len + random.len) catch return prefix;
+    @memcpy(id[0..prefix.len], prefix);
+    for (random, id[prefix.len..]) |r, *c| c.* = alphabet[r % alphabet.len];
+    return id;
+}

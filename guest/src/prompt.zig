@@ -1,0 +1,127 @@
+//! The prompt of a chat request: its messages, normalised, rendered with the model's template.
+const std = @import("std");
+const abi = @import("abi.zig");
+const config = @import("config.zig");
+const fields = @import("fields.zig");
+const jinja = @import("jinja.zig");
+
+const Value = std.json.Value;
+const Allocator = std.mem.Allocator;
+
+/// What the host says about a model (llama_host_v1.model_info), the fields templates need.
+pub const ModelInfo = struct {
+    name: []const u8 = "",
+    chat_template: ?[]const u8 = null,
+    bos_token: ?[]const u8 = null,
+    eos_token: ?[]const u8 = null,
+    n_ctx: i64 = 0,
+
+    pub fn read(gpa: Allocator, graph: abi.Graph) error{OutOfMemory}!ModelInfo {
+        const bytes = graph.info(gpa) catch |err| switch (err) {
+            error.OutOfMemory => return error.OutOfMemory,
+            else => return .{},
+        };
+        return std.json.parseFromSliceLeaky(ModelInfo, gpa, bytes, .{ .ignore_unknown_fields = true, .allocate = .alloc_always }) catch |err| switch (err) {
+            error.OutOfMemory => return error.OutOfMemory,
+            else => .{},
+        };
+    }
+};
+
+const roles = [_][]const u8{ "system", "user", "assistant", "tool", "developer" };
+
+pub const RenderError = error{ Invalid, Template, OutOfMemory };
+
+/// Validates `messages` (and `tools`) and renders the model's template with them. On
+/// error.Invalid or error.Template, `problem` says why.
+pub fn renderChat(gpa: Allocator, model: *const config.Model, info: ModelInfo, request: fields.Object, problem: *fields.Problem) RenderError![]const u8 {
+    const messages = (try request.array("messages")) orelse return problem.fail("messages", "'messages' is required", .{});
+    if (messages.len == 0) return problem.fail("messages", "'messages' must hold at least one message", .{});
+    var normalized = std.json.Array.init(gpa);
+    for (messages, 0..) |m, i| try normalized.append(try normalize(gpa, m, i, problem));
+
+    var context = std.json.ObjectMap.init(gpa);
+    try context.put("messages", .{ .array = normalized });
+    try context.put("add_generation_prompt", .{ .bool = true });
+    try context.put("bos_token", .{ .string = info.bos_token orelse "" });
+    try context.put("eos_token", .{ .string = info.eos_token orelse "" });
+    if (try request.array("tools")) |tools| {
+        if (tools.len > 0) try context.put("tools", .{ .array = .{ .items = tools, .capacity = tools.len, .allocator = gpa } });
+    }
+
+    const source = try templateSource(gpa, model, info, problem);
+    var diag = jinja.Diagnostic{};
+    return jinja.render(gpa, source, .{ .object = context }, .{ .now = std.time.timestamp() }, &diag) catch |err| switch (err) {
+        error.OutOfMemory => return error.OutOfMemory,
+        error.TemplateError => {
+            problem.message = try std.fmt.allocPrint(gpa, "the chat template failed: {s}", .{diag.message});
+            return error.Template;
+        },
+    };
+}
+
+/// One message as templates expect it: `content` a string (text parts joined), roles checked.
+fn normalize(gpa: Allocator, message: Value, index: usize, problem: *fields.Problem) RenderError!Value {
+    const path = try std.fmt.allocPrint(gpa, "messages[{d}]", .{index});
+    if (message != .object) return problem.fail(path, "'{s}' must be an object, not {s}", .{ path, fields.typeName(message) });
+    const m = fields.Object{ .map = message.object, .path = path, .problem = problem };
+    const role = (try m.string("role")) orelse return problem.fail(try m.param("role"), "'{s}.role' is required", .{path});
+    for (roles) |r| {
+        if (std.mem.eql(u8, r, role)) break;
+    } else return problem.fail(try m.param("role"), "'{s}.role' must be one of system, user, assistant, tool, developer; got '{s}'", .{ path, role });
+    _ = try m.string("name");
+    const has_tool_calls = (try m.array("tool_calls")) != null;
+
+    var out = try message.object.clone();
+    if (std.mem.eql(u8, role, "developer")) try out.put("role", .{ .string = "system" }); // OpenAI's newer name
+    const content = m.get("content") orelse {
+        if (std.mem.eql(u8, role, "assistant") and has_tool_calls) {
+            try out.put("content", .null);
+            return .{ .object = out };
+        }
+        return problem.fail(try m.param("content"), "'{s}.content' is required", .{path});
+    };
+    switch (content) {
+        .string => {},
+        .array => |parts| {
+            var text = std.ArrayList(u8).init(gpa);
+            for (parts.items, 0..) |part, j| {
+                const ppath = try std.fmt.allocPrint(gpa, "{s}.content[{d}]", .{ path, j });
+                if (part != .object) return problem.fail(ppath, "'{s}' must be a content part object", .{ppath});
+                const p = fields.Object{ .map = part.object, .path = ppath, .problem = problem };
+                const kind = (try p.string("type")) orelse return problem.fail(try p.param("type"), "'{s}.type' is required", .{ppath});
+                if (!std.mem.eql(u8, kind, "text"))
+                    return problem.fail(try p.param("type"), "'{s}.type' is '{s}'; only text parts are supported", .{ ppath, kind });
+                const t = (try p.string("text")) orelse return problem.fail(try p.param("text"), "'{s}.text' is required", .{ppath});
+                try text.appendSlice(t);
+            }
+            try out.put("content", .{ .string = text.items });
+        },
+        else => return problem.fail(try m.param("content"), "'{s}.content' must be a string or an array of text parts, not {s}", .{ path, fields.typeName(content) }),
+    }
+    return .{ .object = out };
+}
+
+fn templateSource(gpa: Allocator, model: *const config.Model, info: ModelInfo, problem: *fields.Problem) RenderError![]const u8 {
+    if (model.template_source) |s| return s;
+    var name = model.template;
+    if (std.mem.eql(u8, name, "auto")) {
+        if (info.chat_template) |t| return t;
+        std.log.warn("model '{s}' has no chat template in its GGUF; using chatml", .{model.id});
+        name = "chatml";
+    }
+    return readTemplate(gpa, name) catch |err| switch (err) {
+        error.OutOfMemory => error.OutOfMemory,
+        else => {
+            problem.message = try std.fmt.allocPrint(gpa, "cannot read the template '{s}' ({s})", .{ name, @errorName(err) });
+            return error.Template;
+        },
+    };
+}
+
+/// /templates/<name>.jinja (the preopened, read-only templates folder is the guest's cwd).
+pub fn readTemplate(gpa: Allocator, name: []const u8) ![]u8 {
+    if (std.mem.indexOfAny(u8, name, "/\\") != null or std.mem.startsWith(u8, name, ".")) return error.BadTemplateName;
+    const file = try std.fmt.allocPrint(gpa, "{s}.jinja", .{name});
+    return std.fs.cwd().readFileAlloc(gpa, file, 1 << 20);
+}
