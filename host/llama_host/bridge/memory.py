@@ -17,15 +17,12 @@ class GuestMemory:
     and are read as the u32 they are; every range is checked against the memory's size (Python
     integers cannot overflow, so ``ptr + len`` past 4 GiB is just out of range).
 
-    Found once per instance, on its first host call. The engine is configured so that memories
+    Taken from the instance's exports when it is created. The engine is configured so that memories
     never move (``memory_may_move = False``), so the base address is read once; the size only
     grows, so it is read again only when a range seems out of bounds. Accesses then go straight
     through ctypes: a streamed token costs several host calls, and each microsecond counts."""
 
-    def __init__(self, caller: wasmtime.Caller, store: wasmtime.Store) -> None:
-        memory = caller.get("memory")
-        if not isinstance(memory, wasmtime.Memory):
-            raise NnError(Errno.MISSING_MEMORY, "the guest exports no memory named 'memory'")
+    def __init__(self, memory: wasmtime.Memory, store: wasmtime.Store) -> None:
         self._store = store
         self._memory = memory
         self._base = ctypes.cast(memory.data_ptr(store), ctypes.c_void_p).value or 0
