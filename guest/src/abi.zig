@@ -161,9 +161,10 @@ pub fn readRequest(gpa: std.mem.Allocator) (Error || error{OutOfMemory})![]u8 {
     return buf[0..written];
 }
 
-/// Hands one frame of the response to the host.
-pub fn emit(frame: []const u8) void {
-    _ = ext.emit(frame.ptr, @intCast(frame.len));
+/// Hands one frame of the response to the host. error.ReceiverGone: nobody reads the response
+/// any more (the HTTP client disconnected); stop working on it.
+pub fn emit(frame: []const u8) error{ReceiverGone}!void {
+    if (ext.emit(frame.ptr, @intCast(frame.len)) != 0) return error.ReceiverGone;
 }
 
 /// The host's message for the last import that failed; empty when it has none.

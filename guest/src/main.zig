@@ -2,13 +2,15 @@
 //!
 //!   llama-host-guest <command> [config JSON]
 //!
-//! commands: `chat` (/v1/chat/completions), `complete` (/v1/completions), `apply-template`
+//! commands: `chat` (/v1/chat/completions), `complete` (/v1/completions), `embed`
+//! (/v1/embeddings), `apply-template`
 //! (a chat request's rendered prompt), `jinja` (render a template given inline: tests, tools).
 //! The request body comes from llama_host_v1.request_read; the answer goes out in frames
 //! (reply.zig).
 const std = @import("std");
 const abi = @import("abi.zig");
 const config = @import("config.zig");
+const embed = @import("embed.zig");
 const fields = @import("fields.zig");
 const jinja = @import("jinja.zig");
 const openai = @import("openai.zig");
@@ -17,7 +19,7 @@ const reply = @import("reply.zig");
 
 pub const std_options: std.Options = .{ .log_level = .warn };
 
-const Command = enum { chat, complete, @"apply-template", jinja };
+const Command = enum { chat, complete, embed, @"apply-template", jinja };
 
 pub fn main() void {
     // One request per instance: allocate from an arena and let the instance's end free it.
@@ -35,7 +37,7 @@ fn run(gpa: std.mem.Allocator) error{OutOfMemory}!void {
     };
     const command = if (args.len > 1) std.meta.stringToEnum(Command, args[1]) else null;
     if (command == null) {
-        reply.fail(gpa, .internal, "usage: llama-host-guest chat|complete|apply-template|jinja [config JSON]", null);
+        reply.fail(gpa, .internal, "usage: llama-host-guest chat|complete|embed|apply-template|jinja [config JSON]", null);
         return;
     }
     const cfg = config.parse(gpa, if (args.len > 2) args[2] else "{}") catch |err| {
@@ -51,6 +53,15 @@ fn run(gpa: std.mem.Allocator) error{OutOfMemory}!void {
             var failure = openai.Failure{ .kind = .internal, .message = "" };
             openai.serve(gpa, if (command.? == .chat) .chat else .completion, cfg, body, &failure) catch |err| switch (err) {
                 error.OutOfMemory => return error.OutOfMemory,
+                error.ReceiverGone => {}, // the client left; the sequence was cancelled
+                error.Failed => reply.fail(gpa, failure.kind, failure.message, failure.param),
+            };
+        },
+        .embed => {
+            var failure = openai.Failure{ .kind = .internal, .message = "" };
+            embed.serve(gpa, cfg, body, &failure) catch |err| switch (err) {
+                error.OutOfMemory => return error.OutOfMemory,
+                error.ReceiverGone => {},
                 error.Failed => reply.fail(gpa, failure.kind, failure.message, failure.param),
             };
         },
@@ -69,7 +80,10 @@ fn applyTemplate(gpa: std.mem.Allocator, cfg: config.Config, body: []const u8) e
         error.ModelNotFound => return reply.fail(gpa, .model_not_found, problem.message, "model"),
         else => return reply.fail(gpa, .internal, @errorName(err), null),
     };
-    try reply.json(gpa, .body, .{ .prompt = text });
+    reply.json(gpa, .body, .{ .prompt = text }) catch |err| switch (err) {
+        error.OutOfMemory => return error.OutOfMemory,
+        error.ReceiverGone => {},
+    };
 }
 
 fn applyTemplateChecked(gpa: std.mem.Allocator, cfg: config.Config, body: []const u8, problem: *fields.Problem) ![]const u8 {
@@ -96,5 +110,8 @@ fn renderInline(gpa: std.mem.Allocator, body: []const u8) error{OutOfMemory}!voi
         error.OutOfMemory => return error.OutOfMemory,
         error.TemplateError => return reply.fail(gpa, .template_error, diag.message, null),
     };
-    try reply.raw(gpa, .body, text);
+    reply.raw(gpa, .body, text) catch |err| switch (err) {
+        error.OutOfMemory => return error.OutOfMemory,
+        error.ReceiverGone => {},
+    };
 }

@@ -20,7 +20,7 @@ pub const Failure = struct {
     param: ?[]const u8 = null,
 };
 
-pub const Error = error{ Failed, OutOfMemory };
+pub const Error = error{ Failed, OutOfMemory, ReceiverGone };
 
 /// A validated request, ready to run.
 const Job = struct {
@@ -39,14 +39,14 @@ pub fn serve(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, fai
             failure.* = .{ .kind = .invalid_request, .message = problem.message, .param = problem.param };
             return error.Failed;
         },
-        error.Failed, error.OutOfMemory => |e| return e,
+        error.Failed, error.OutOfMemory, error.ReceiverGone => |e| return e,
     };
 }
 
 fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, problem: *fields.Problem, failure: *Failure) (Error || fields.Invalid)!void {
     const request = try fields.parseBody(gpa, body, problem);
     var job = try validate(gpa, api, cfg, request, failure);
-    const graph = abi.Graph.loadByName(job.model.preload) catch |err| return hostFailure(gpa, err, &job, failure);
+    const graph = abi.Graph.loadByName(job.model.preload) catch |err| return jobFailure(gpa, err, &job, api, failure);
     const text = switch (api) {
         .chat => blk: {
             const info = try prompt.ModelInfo.read(gpa, graph);
@@ -60,12 +60,12 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
         },
         .completion => try completionPrompt(request, &job),
     };
-    const ctx = graph.context() catch |err| return hostFailure(gpa, err, &job, failure);
+    const ctx = graph.context() catch |err| return jobFailure(gpa, err, &job, api, failure);
     defer ctx.finalize();
     var metadata = std.ArrayList(u8).init(gpa);
     try std.json.stringify(Value{ .object = job.metadata }, .{}, metadata.writer());
-    ctx.setInput(.metadata, metadata.items) catch |err| return hostFailure(gpa, err, &job, failure);
-    ctx.setInput(.prompt, text) catch |err| return hostFailure(gpa, err, &job, failure);
+    ctx.setInput(.metadata, metadata.items) catch |err| return jobFailure(gpa, err, &job, api, failure);
+    ctx.setInput(.prompt, text) catch |err| return jobFailure(gpa, err, &job, api, failure);
 
     const answer = Answer.init(gpa, api, cfg, job);
     if (job.stream) {
@@ -73,9 +73,9 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
     } else {
         ctx.compute() catch |err| switch (err) {
             error.ContextFull => {}, // the text so far is the answer, finish_reason "length"
-            else => return hostFailure(gpa, err, &job, failure),
+            else => return jobFailure(gpa, err, &job, api, failure),
         };
-        const generated = ctx.output(gpa, .text) catch |err| return hostFailure(gpa, err, &job, failure);
+        const generated = ctx.output(gpa, .text) catch |err| return jobFailure(gpa, err, &job, api, failure);
         const usage = try Usage.read(gpa, ctx);
         try answer.whole(generated, usage);
     }
@@ -83,9 +83,9 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
 
 // --- validation ---------------------------------------------------------------------------
 
-fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failure: *Failure) (Error || fields.Invalid)!Job {
-    const model_id = try request.string("model");
-    const model = cfg.find(model_id) orelse {
+/// The served model a request names (the first when it names none); a 404 naming the others.
+pub fn findModel(gpa: Allocator, cfg: config.Config, id: ?[]const u8, failure: *Failure) Error!*const config.Model {
+    return cfg.find(id) orelse {
         var names = std.ArrayList(u8).init(gpa);
         for (cfg.models, 0..) |m, i| {
             if (i > 0) try names.appendSlice(", ");
@@ -93,11 +93,16 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
         }
         failure.* = .{
             .kind = .model_not_found,
-            .message = try std.fmt.allocPrint(gpa, "the model '{s}' does not exist; available: {s}", .{ model_id orelse "", names.items }),
+            .message = try std.fmt.allocPrint(gpa, "the model '{s}' does not exist; available: {s}", .{ id orelse "", names.items }),
             .param = "model",
         };
         return error.Failed;
     };
+}
+
+fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failure: *Failure) (Error || fields.Invalid)!Job {
+    const model_id = try request.string("model");
+    const model = try findModel(gpa, cfg, model_id, failure);
     var job = Job{ .model = model, .model_id = model.id, .metadata = std.json.ObjectMap.init(gpa) };
     const md = &job.metadata;
     if (cfg.defaults) |defaults| if (defaults == .object) {
@@ -207,20 +212,38 @@ fn completionPrompt(request: Object, job: *Job) fields.Invalid![]const u8 {
 
 // --- host failures ------------------------------------------------------------------------
 
-fn hostFailure(gpa: Allocator, err: anyerror, job: *const Job, failure: *Failure) Error {
+/// Turns a failed WASI-NN call into the OpenAI error, with the host's message (last_error).
+/// `prompt_param` names the request field holding the prompt.
+pub fn hostFailure(gpa: Allocator, err: anyerror, prompt_param: ?[]const u8, failure: *Failure) Error {
+    return hostFailureFor(gpa, err, prompt_param, null, failure);
+}
+
+fn jobFailure(gpa: Allocator, err: anyerror, job: *const Job, api: Api, failure: *Failure) Error {
+    const grammar_param: ?[]const u8 = if (job.metadata.get("grammar") != null)
+        "grammar"
+    else if (job.metadata.get("json-schema") != null) "response_format" else null;
+    return hostFailureFor(gpa, err, if (api == .chat) "messages" else "prompt", grammar_param, failure);
+}
+
+fn hostFailureFor(gpa: Allocator, err: anyerror, prompt_param: ?[]const u8, grammar_param: ?[]const u8, failure: *Failure) Error {
     if (err == error.OutOfMemory) return error.OutOfMemory;
     var buf: [1024]u8 = undefined;
     const said = gpa.dupe(u8, abi.lastError(&buf)) catch "";
-    const has_grammar = job.metadata.get("grammar") != null or job.metadata.get("json-schema") != null;
     failure.* = switch (err) {
-        error.PromptTooLong => .{ .kind = .context_length, .message = said, .param = "messages" },
+        error.PromptTooLong => .{ .kind = .context_length, .message = said, .param = prompt_param },
         error.Busy => .{ .kind = .queue_full, .message = said },
-        error.InvalidArgument => if (has_grammar)
-            .{ .kind = .invalid_grammar, .message = said, .param = if (job.metadata.get("grammar") != null) "grammar" else "response_format" }
+        error.InvalidArgument => if (grammar_param) |param|
+            .{ .kind = .invalid_grammar, .message = said, .param = param }
         else
             .{ .kind = .invalid_request, .message = said },
         else => .{ .kind = .internal, .message = if (said.len > 0) said else @errorName(err) },
     };
+    return error.Failed;
+}
+
+pub fn internal(gpa: Allocator, message: []const u8, failure: *Failure) Error {
+    _ = gpa;
+    failure.* = .{ .kind = .internal, .message = message };
     return error.Failed;
 }
 
@@ -298,7 +321,7 @@ const Answer = struct {
         };
     }
 
-    fn whole(self: Answer, generated: []const u8, usage: Usage) error{OutOfMemory}!void {
+    fn whole(self: Answer, generated: []const u8, usage: Usage) reply.EmitError!void {
         switch (self.api) {
             .chat => try reply.json(self.gpa, .body, .{
                 .id = self.id,
@@ -332,7 +355,7 @@ const Answer = struct {
     }
 
     /// A chat delta chunk (`role` only in the first) or a completion text chunk.
-    fn chunk(self: Answer, text: []const u8, first: bool, finish_reason: ?[]const u8) error{OutOfMemory}!void {
+    fn chunk(self: Answer, text: []const u8, first: bool, finish_reason: ?[]const u8) reply.EmitError!void {
         const usage: ?Usage = null;
         switch (self.api) {
             .chat => if (finish_reason) |reason|
@@ -353,11 +376,11 @@ const Answer = struct {
         }
     }
 
-    fn usageChunk(self: Answer, usage: Usage) error{OutOfMemory}!void {
+    fn usageChunk(self: Answer, usage: Usage) reply.EmitError!void {
         try self.event(if (self.api == .chat) "chat.completion.chunk" else "text_completion", &[_]Empty{}, usage);
     }
 
-    fn event(self: Answer, object: []const u8, choices: anytype, usage: ?Usage) error{OutOfMemory}!void {
+    fn event(self: Answer, object: []const u8, choices: anytype, usage: ?Usage) reply.EmitError!void {
         if (self.include_usage) {
             try reply.json(self.gpa, .event, .{ .id = self.id, .object = object, .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = choices, .usage = usage });
         } else {
@@ -390,7 +413,7 @@ fn streamAnswer(gpa: Allocator, ctx: abi.Context, job: *const Job, answer: Answe
     while (true) {
         const more = if (ctx.computeSingle()) true else |err| switch (err) {
             error.EndOfSequence, error.ContextFull => false,
-            else => return hostFailure(gpa, err, job, failure),
+            else => return jobFailure(gpa, err, job, answer.api, failure),
         };
         if (!started) {
             // only now: a prompt that is too long or a full queue is still an HTTP error
@@ -398,7 +421,7 @@ fn streamAnswer(gpa: Allocator, ctx: abi.Context, job: *const Job, answer: Answe
             try answer.chunk(if (answer.api == .completion) (answer.echo orelse "") else "", true, null);
         }
         if (!more) break;
-        const piece = ctx.outputSingle(gpa, .text, &buf) catch |err| return hostFailure(gpa, err, job, failure);
+        const piece = ctx.outputSingle(gpa, .text, &buf) catch |err| return jobFailure(gpa, err, job, answer.api, failure);
         if (piece.len > 0) try answer.chunk(piece, false, null);
     }
     const usage = try Usage.readSingle(gpa, ctx);

@@ -23,21 +23,23 @@ pub const Kind = enum {
 const Tag = enum(u8) { body = 'B', event = 'S', failure = 'E' };
 
 /// Serializes `value` as JSON into one frame. Frames are built in `gpa` and freed after emit.
-pub fn json(gpa: std.mem.Allocator, tag: enum { body, event }, value: anytype) error{OutOfMemory}!void {
+pub const EmitError = error{ OutOfMemory, ReceiverGone };
+
+pub fn json(gpa: std.mem.Allocator, tag: enum { body, event }, value: anytype) EmitError!void {
     var frame = std.ArrayList(u8).init(gpa);
     defer frame.deinit();
     try frame.append(@intFromEnum(if (tag == .body) Tag.body else Tag.event));
     try std.json.stringify(value, .{}, frame.writer());
-    abi.emit(frame.items);
+    try abi.emit(frame.items);
 }
 
 /// A frame of raw bytes (a rendered prompt, `[DONE]`).
-pub fn raw(gpa: std.mem.Allocator, tag: enum { body, event }, bytes: []const u8) error{OutOfMemory}!void {
+pub fn raw(gpa: std.mem.Allocator, tag: enum { body, event }, bytes: []const u8) EmitError!void {
     var frame = try std.ArrayList(u8).initCapacity(gpa, bytes.len + 1);
     defer frame.deinit();
     frame.appendAssumeCapacity(@intFromEnum(if (tag == .body) Tag.body else Tag.event));
     frame.appendSliceAssumeCapacity(bytes);
-    abi.emit(frame.items);
+    try abi.emit(frame.items);
 }
 
 /// Reports a failure. Never fails itself: without memory for the message it sends a fixed one.
@@ -47,9 +49,9 @@ pub fn fail(gpa: std.mem.Allocator, kind: Kind, message: []const u8, param: ?[]c
     frame.append(@intFromEnum(Tag.failure)) catch return emitOutOfMemory();
     std.json.stringify(.{ .kind = @tagName(kind), .message = message, .param = param }, .{}, frame.writer()) catch
         return emitOutOfMemory();
-    abi.emit(frame.items);
+    abi.emit(frame.items) catch {}; // nobody to tell
 }
 
 fn emitOutOfMemory() void {
-    abi.emit("E{\"kind\":\"internal\",\"message\":\"the guest ran out of memory\",\"param\":null}");
+    abi.emit("E{\"kind\":\"internal\",\"message\":\"the guest ran out of memory\",\"param\":null}") catch {};
 }

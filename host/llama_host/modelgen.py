@@ -253,6 +253,13 @@ def default_cache_dir() -> Path:
     return Path(env) if env else vendor.REPO_ROOT / ".cache" / "models"
 
 
+def user_cache_dir() -> Path:
+    """Where the server's demo model is written: the user's cache, not the checkout."""
+    base = os.environ.get("LLAMA_HOST_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "llama-host")
+    return Path(base) / "models"
+
+
 def build(name: str, *, quant: str | None = None, seed: int = 0, cache_dir: Path | None = None) -> Path:
     """The path of preset ``name`` in ``quant`` (default: the preset's), written once and cached.
 

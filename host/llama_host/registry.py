@@ -52,12 +52,17 @@ class ModelRegistry(Resource):
         self._models = {m.name: m for m in models or []}
 
     @classmethod
-    def load(cls, preloads: list[Preload], config: EngineConfig = EngineConfig()) -> ModelRegistry:
+    def load(
+        cls, preloads: list[Preload], config: EngineConfig = EngineConfig(), n_gpu_layers: int | None = None
+    ) -> ModelRegistry:
+        """``n_gpu_layers`` overrides what each preload's target implies."""
         registry = cls()
         try:
             for p in preloads:
                 log.info("loading %s from %s (target %s)", p.name, p.path, p.target.name)
-                registry._models[p.name] = ServedModel.load(p.name, p.path, config, target=p.target)
+                registry._models[p.name] = ServedModel.load(
+                    p.name, p.path, config, target=p.target, n_gpu_layers=n_gpu_layers
+                )
         except BaseException:
             registry.close()
             raise

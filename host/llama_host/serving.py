@@ -21,7 +21,7 @@ from llama_host.resource import Resource
 
 log = logging.getLogger(__name__)
 
-COMMANDS = ("chat", "complete", "apply-template")
+COMMANDS = ("chat", "complete", "embed", "apply-template")
 
 
 class TemplateNotFound(ValueError):

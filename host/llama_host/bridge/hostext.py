@@ -21,7 +21,7 @@ class HostExt:
     """Per-instance: the request the guest is to answer, where its response goes, and model
     metadata for the graphs of its WASI-NN session."""
 
-    def __init__(self, nn: NnSession, request: bytes = b"", on_emit: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, nn: NnSession, request: bytes = b"", on_emit: Callable[[bytes], bool | None] | None = None) -> None:
         self.nn = nn
         self.request = request
         self.on_emit = on_emit
@@ -62,10 +62,11 @@ class HostExt:
 
     def emit(self, mem: GuestMemory, ptr: int, length: int) -> None:
         data = mem.read(ptr, length)
-        if self.on_emit is not None:
-            self.on_emit(data)
-        else:
+        if self.on_emit is None:
             self.emitted.append(data)
+        elif self.on_emit(data) is False:
+            # the receiver is gone (an HTTP client disconnected): the guest should stop
+            raise NnError(Errno.RUNTIME_ERROR, "the receiver of the response is gone")
 
     def last_error(self, mem: GuestMemory, buf: int, buf_max: int, written: int) -> Errno:
         return mem.write_output(buf, buf_max, written, self.error_message.encode())

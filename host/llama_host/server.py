@@ -1,0 +1,292 @@
+"""The HTTP server: Starlette routes over :class:`Serving` (the guest) and the model registry.
+
+Guest runs block, so they go to worker threads; stream events cross back to the event loop
+through a queue. The routes do transport only: bodies go to the guest as received, and what the
+guest emits goes to the client as it comes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import anyio
+import orjson
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from llama_host import __version__
+from llama_host.bridge.wasi_nn import LLAMA_BUILD
+from llama_host.errors import ErrorKind, error_body
+from llama_host.metrics import Metrics
+from llama_host.registry import ModelRegistry
+from llama_host.serving import Reply, Serving
+
+log = logging.getLogger(__name__)
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 16 << 20
+    web_ui: Path | None = None
+    worker_threads: int = 64  # guest runs at once (waiting ones mostly sleep in the engine queue)
+    info: dict = dataclasses.field(default_factory=dict)  # settings shown by /v1/info
+
+
+class State:
+    """What the routes share; ``serving`` is set once the models are loaded."""
+
+    def __init__(self, settings: Settings, load: Callable[[], tuple[ModelRegistry, Serving]]) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.registry: ModelRegistry | None = None
+        self.serving: Serving | None = None
+        self.load_error: str | None = None
+        self._load = load
+        self.limiter = anyio.CapacityLimiter(settings.worker_threads)
+
+    def load(self) -> None:
+        try:
+            self.registry, self.serving = self._load()
+            self.metrics.watch(self.registry)
+            log.info("ready: serving %s", ", ".join(r.id for r in self.serving.routes))
+        except Exception as e:  # reported by /health; the CLI loads before serving, so this is rare
+            log.exception("loading the models failed")
+            self.load_error = str(e)
+
+    def close(self) -> None:
+        if self.serving is not None:
+            self.serving.close()
+        if self.registry is not None:
+            self.registry.close()
+
+
+def error_response(kind: ErrorKind, message: str, param: str | None = None, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(error_body(kind, message, param)), kind.http_status,
+                    headers=headers, media_type="application/json")
+
+
+class RequestTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused past ``limit`` bytes without reading the rest."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- routes ---------------------------------------------------------------------------------
+
+
+def guest_route(command: str, route: str) -> Callable:
+    async def endpoint(request: Request) -> Response:
+        state: State = request.app.state.llama
+        if state.serving is None:
+            return error_response(ErrorKind.UNAVAILABLE, "the server is still loading its models",
+                                  headers={"Retry-After": "1"})
+        try:
+            body = await read_body(request, state.settings.max_body_bytes)
+        except RequestTooLarge:
+            return error_response(ErrorKind.BODY_TOO_LARGE,
+                                  f"the request body is larger than {state.settings.max_body_bytes} bytes")
+        except ClientDisconnect:
+            return Response(status_code=400)
+        return await run_guest(state, command, route, body)
+
+    return endpoint
+
+
+async def run_guest(state: State, command: str, route: str, body: bytes) -> Response:
+    """Runs the guest in a worker thread. Answers as soon as the first frame is known: a stream
+    starts with its first event, anything else waits for the end of the run."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    gone = threading.Event()  # set when the client disconnects: the next emit stops the guest
+    started = time.perf_counter()
+
+    def on_event(payload: bytes) -> bool:
+        if gone.is_set():
+            return False
+        loop.call_soon_threadsafe(queue.put_nowait, payload)
+        return True
+
+    def work() -> Reply:
+        return state.serving.call(command, body, on_event)
+
+    async def run() -> None:
+        try:
+            reply = await anyio.to_thread.run_sync(work, limiter=state.limiter)
+        except Exception as e:  # noqa: BLE001 - a bug in the host must still answer
+            log.exception("%s failed", command)
+            reply = Reply(status=500, body=orjson.dumps(error_body(ErrorKind.INTERNAL, f"internal error: {e}")))
+        queue.put_nowait(reply)
+
+    task = asyncio.create_task(run())
+    first = await queue.get()
+    if isinstance(first, Reply):
+        await task
+        state.metrics.finished(route, first.status, time.perf_counter() - started)
+        headers = {"Retry-After": "1"} if first.status == 503 else None
+        return Response(first.body, first.status, headers=headers, media_type="application/json")
+    state.metrics.first_token(time.perf_counter() - started)
+
+    async def events() -> AsyncIterator[bytes]:
+        item = first
+        try:
+            while not isinstance(item, Reply):
+                yield b"data: " + item + b"\n\n"
+                item = await queue.get()
+            if item.error is not None:  # the stream had started: the error is its last event
+                yield b"data: " + orjson.dumps(item.error.body()) + b"\n\n"
+            state.metrics.finished(route, 200, time.perf_counter() - started)
+        finally:
+            gone.set()  # also on disconnect (the generator is closed): stop the guest
+            if not task.done():
+                state.metrics.finished(route, 499, time.perf_counter() - started)
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def models_route(request: Request) -> Response:
+    state: State = request.app.state.llama
+    routes = state.serving.routes if state.serving else []
+    created = int(state.metrics.started)
+    data = [{"id": r.id, "object": "model", "created": created, "owned_by": "llama-host"} for r in routes]
+    return JSONResponse({"object": "list", "data": data})
+
+
+def info_route(request: Request) -> Response:
+    state: State = request.app.state.llama
+    models = []
+    if state.serving is not None:
+        for r in state.serving.routes:
+            served = state.registry.get(r.preload)
+            info = served.model.info
+            models.append({
+                "id": r.id, "preload": r.preload, "template": r.template, "file": str(served.model.path),
+                "architecture": info.architecture, "n_ctx": served.engine.n_ctx_seq, "n_ctx_train": info.n_ctx_train,
+                "n_vocab": info.n_vocab, "n_embd": info.n_embd,
+            })
+    return JSONResponse({
+        "server": {"name": "llama-host", "version": __version__},
+        "llama_cpp": {"build_number": LLAMA_BUILD[0], "commit": LLAMA_BUILD[1]},
+        "models": models,
+        "settings": state.settings.info,
+    })
+
+
+def health_route(request: Request) -> Response:
+    state: State = request.app.state.llama
+    if state.serving is not None:
+        return JSONResponse({"status": "ok"})
+    if state.load_error is not None:
+        return JSONResponse({"status": "error", "error": state.load_error}, 500)
+    return JSONResponse({"status": "loading"}, 503, headers={"Retry-After": "1"})
+
+
+def metrics_route(request: Request) -> Response:
+    data, content_type = request.app.state.llama.metrics.render()
+    return Response(data, media_type=content_type)
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    return error_response(ErrorKind.NOT_FOUND, f"no route {request.method} {request.url.path}")
+
+
+async def method_not_allowed(request: Request, exc: Exception) -> Response:
+    return error_response(ErrorKind.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {request.url.path}")
+
+
+# --- middleware -----------------------------------------------------------------------------
+
+
+class ApiKeyMiddleware:
+    """With an API key set, every /v1 route needs ``Authorization: Bearer <key>``; the key is
+    compared in constant time and never logged."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (self.expected is not None and scope["type"] == "http" and scope["path"].startswith("/v1")
+                and scope["method"] != "OPTIONS"):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                message = "invalid API key" if given else "missing API key: send 'Authorization: Bearer <key>'"
+                await error_response(ErrorKind.UNAUTHORIZED, message)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(state: State) -> Starlette:
+    routes = [
+        Route("/health", health_route, methods=["GET"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
+        Route("/v1/models", models_route, methods=["GET", "POST"]),
+        Route("/v1/info", info_route, methods=["GET"]),
+        Route("/v1/chat/completions", guest_route("chat", "/v1/chat/completions"), methods=["POST"]),
+        Route("/v1/completions", guest_route("complete", "/v1/completions"), methods=["POST"]),
+        Route("/v1/embeddings", guest_route("embed", "/v1/embeddings"), methods=["POST"]),
+        Route("/v1/apply-template", guest_route("apply-template", "/v1/apply-template"), methods=["POST"]),
+    ]
+    web_ui = state.settings.web_ui
+    if web_ui is not None:
+        routes.append(Mount("/", StaticFiles(directory=web_ui, html=True), name="web-ui"))
+    else:
+        routes.append(Route("/", lambda _r: HTMLResponse(_INDEX), methods=["GET"]))
+    middleware = [Middleware(ApiKeyMiddleware, api_key=state.settings.api_key)]
+    if state.settings.cors_origins:
+        # outermost, so preflight and 401s carry the CORS headers too
+        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(state.settings.cors_origins),
+                                        allow_methods=["GET", "POST", "OPTIONS"],
+                                        allow_headers=["Authorization", "Content-Type"]))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # load in the background, so /health answers 503 "loading" meanwhile
+        loader = threading.Thread(target=state.load, name="load-models", daemon=True)
+        loader.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(loader.join)
+            state.close()  # cancels what still runs, frees the models
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={404: not_found, 405: method_not_allowed})
+    app.state.llama = state
+    return app
+
+
+_INDEX = """<!doctype html><meta charset="utf-8"><title>llama-host</title>
+<h1>llama-host</h1><p>An OpenAI-compatible API is served under <code>/v1</code>:
+<a href="/v1/models">/v1/models</a>, <code>POST /v1/chat/completions</code>,
+<code>POST /v1/completions</code>, <code>POST /v1/embeddings</code>.
+Health: <a href="/health">/health</a>, metrics: <a href="/metrics">/metrics</a>.</p>"""

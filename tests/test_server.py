@@ -1,0 +1,347 @@
+"""The server end to end: `llama-host` started as a subprocess on an ephemeral port, driven by the
+openai SDK and httpx as users drive it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from jinja_oracle import render_jinja2
+from llama_host.engine.model import Model
+
+
+class Server:
+    def __init__(self, args: list[str], env: dict | None = None) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_host.cli", "--socket-addr", f"127.0.0.1:{self.port}", "--log-level", "warning",
+             *args],
+            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.proc.stdout.read().decode()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the server did not become healthy")
+            time.sleep(0.1)
+
+    def client(self, **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=kw.pop("api_key", "none"), max_retries=0, **kw)
+
+    def healthy(self) -> bool:
+        return httpx.get(self.url + "/health").status_code == 200
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.output = self.proc.stdout.read().decode()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def spm(model_path):
+    return str(model_path("spm"))
+
+
+@pytest.fixture(scope="module")
+def server(spm, model_path):
+    s = Server([f"--nn-preload=default:GGML:CPU:{spm}", f"--nn-preload=tiny:GGML:CPU:{model_path('tiny')}",
+                "--model-name", "default,gpt-3.5-turbo", "--ctx-size", "512", "--parallel", "8", "--batch-size", "128",
+                "default", "llama-2-chat"])
+    yield s
+    assert s.stop() == 0, s.output
+
+
+M = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]
+
+
+def test_models(server):
+    ids = [m.id for m in server.client().models.list().data]
+    assert ids == ["default", "gpt-3.5-turbo", "tiny"]
+    assert httpx.post(server.url + "/v1/models").json()["data"][0]["id"] == "default"
+
+
+def test_chat_with_exact_usage(server, spm):
+    r = server.client().chat.completions.create(model="gpt-3.5-turbo", messages=M, max_tokens=7,
+                                                extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "length" and r.model == "gpt-3.5-turbo"
+    template = open(os.path.join(os.path.dirname(__file__), "..", "templates", "llama-2-chat.jinja")).read()
+    prompt = render_jinja2(template, {"messages": M, "add_generation_prompt": True, "bos_token": "<s>",
+                                      "eos_token": "</s>"}).text
+    with Model(spm, vocab_only=True) as vocab:
+        n_prompt = len(vocab.tokenize(prompt))
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (n_prompt, 7, n_prompt + 7)
+
+
+def test_stream_equals_non_stream(server):
+    client = server.client()
+    whole = client.chat.completions.create(model="default", messages=M, max_tokens=9, temperature=0)
+    chunks = list(client.chat.completions.create(model="default", messages=M, max_tokens=9, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens and chunks[-1].choices == []
+
+
+def test_stop_and_seed(server):
+    client = server.client()
+    args = dict(model="tiny", prompt="one two three", max_tokens=12, temperature=1.0, seed=7,
+                extra_body={"ignore_eos": True})
+    a, b = (client.completions.create(**args).choices[0].text for _ in range(2))
+    assert a == b
+    stop = a[3:6]
+    c = client.completions.create(**{**args, "stop": [stop]})
+    assert c.choices[0].finish_reason == "stop" and stop not in c.choices[0].text
+
+
+def test_json_response_format(server):
+    r = server.client().chat.completions.create(model="tiny", messages=M, max_tokens=60, temperature=0,
+                                                response_format={"type": "json_object"})
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+    else:
+        assert r.choices[0].message.content.lstrip().startswith("{")
+
+
+def test_embeddings_float_and_base64(server):
+    client = server.client()
+    r = client.embeddings.create(model="tiny", input=["hello world", "bye"])  # the SDK asks for base64
+    raw = httpx.post(server.url + "/v1/embeddings", json={"model": "tiny", "input": "hello world"}).json()
+    assert len(r.data) == 2 and r.data[0].embedding == pytest.approx(raw["data"][0]["embedding"], abs=1e-6)
+    assert sum(x * x for x in raw["data"][0]["embedding"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_sdk_errors_are_typed(server):
+    client = server.client()
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="nope", messages=M)
+    assert "default, gpt-3.5-turbo, tiny" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=M, temperature=5)
+    assert e.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x " * 3000}])
+    assert e.value.code == "context_length_exceeded"
+
+
+def test_async_client(server):
+    async def main():
+        client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        streams = [await client.completions.create(model="tiny", prompt=f"p{i}", max_tokens=8, stream=True,
+                                                   extra_body={"ignore_eos": True}) for i in range(3)]
+        texts = []
+        for s in streams:
+            texts.append("".join([c.choices[0].text async for c in s if c.choices]))
+        await client.close()
+        return texts
+
+    texts = asyncio.run(main())
+    assert len(texts) == 3 and all(texts)
+
+
+def test_raw_sse_framing(server):
+    with httpx.stream("POST", server.url + "/v1/chat/completions",
+                      json={"model": "tiny", "messages": M, "max_tokens": 4, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["cache-control"] == "no-cache"
+        raw = r.read().decode()
+    events = raw.split("\n\n")
+    assert events[-1] == "" and events[-2] == "data: [DONE]"
+    assert all(e.startswith("data: ") for e in events[:-1])
+    first = json.loads(events[0][6:])
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+
+
+def test_curl_example_from_the_readme(server):
+    # LlamaEdge's README example, as written
+    out = subprocess.run(
+        ["curl", "-s", "-X", "POST", server.url + "/v1/chat/completions", "-H", "accept:application/json",
+         "-H", "Content-Type: application/json", "-d",
+         '{"messages":[{"role":"system", "content": "You are a helpful assistant."}, '
+         '{"role":"user", "content": "What is the capital of France?"}], "model":"default", "max_tokens": 5}'],
+        capture_output=True, check=True)
+    assert json.loads(out.stdout)["object"] == "chat.completion"
+
+
+def test_eight_streams_are_batched(server):
+    def one(i):
+        with httpx.stream("POST", server.url + "/v1/completions", timeout=60,
+                          json={"model": "default", "prompt": f"story {i}", "max_tokens": 24, "ignore_eos": True,
+                                "stream": True}) as r:
+            return sum(1 for line in r.iter_lines() if line.startswith("data: {"))
+
+    def decode_calls():
+        text = httpx.get(server.url + "/metrics").text
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith('llama_host_decode_calls_total{model="default"}'))
+
+    before = decode_calls()
+    with ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(one, range(8)))
+    assert all(c >= 24 for c in counts)
+    # 8 x 24 tokens alone would take >= 192 decode calls; batched, far fewer
+    assert decode_calls() - before < 8 * 24 * 0.6
+
+
+def test_disconnect_frees_the_sequence(server):
+    with httpx.stream("POST", server.url + "/v1/completions", timeout=60,
+                      json={"model": "tiny", "prompt": "long", "max_tokens": 400, "ignore_eos": True, "stream": True}) as r:
+        next(r.iter_lines())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        metrics = httpx.get(server.url + "/metrics").text
+        if 'llama_host_busy_sequences{model="tiny"} 0.0' in metrics:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the sequence was not freed after the client left")
+
+
+BAD = [
+    (b"{", 400, "not valid JSON"),
+    (b'{"messages": [{"role": "user", "content": "\xff"}]}', 400, "invalid UTF-8"),
+    (b'{"messages": 5}', 400, "must be an array"),
+    (b"[" * 100_000, 400, "deeper than 64"),
+]
+
+
+@pytest.mark.parametrize("body,status,words", BAD, ids=range(len(BAD)))
+def test_bad_bodies(server, body, status, words):
+    r = httpx.post(server.url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status and words in r.json()["error"]["message"]
+    assert server.healthy()
+
+
+def test_unknown_route_and_method(server):
+    r = httpx.get(server.url + "/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = httpx.get(server.url + "/v1/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_info_and_metrics(server):
+    info = httpx.get(server.url + "/v1/info").json()
+    assert info["server"]["name"] == "llama-host" and info["models"][0]["template"] == "llama-2-chat"
+    metrics = httpx.get(server.url + "/metrics").text
+    assert "llama_host_requests_total" in metrics and "llama_host_time_to_first_token_seconds_bucket" in metrics
+
+
+# --- servers with other settings -------------------------------------------------------------
+
+
+def test_api_key_cors_and_body_limit(model_path):
+    s = Server([f"--nn-preload=tiny:GGML:CPU:{model_path('tiny')}", "--max-body-bytes", "2000",
+                "--cors-origins", "https://chat.example", "tiny", "chatml"], env={"API_KEY": "s3cret"})
+    try:
+        body = {"model": "tiny", "messages": M, "max_tokens": 2}
+        assert httpx.post(s.url + "/v1/chat/completions", json=body).status_code == 401
+        bad = httpx.post(s.url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            s.client(api_key="wrong").models.list()
+        assert s.client(api_key="s3cret").chat.completions.create(**body).choices[0].message.role == "assistant"
+        assert httpx.get(s.url + "/health").status_code == 200  # not under /v1
+        pre = httpx.options(s.url + "/v1/chat/completions", headers={
+            "Origin": "https://chat.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://chat.example"
+        big = httpx.post(s.url + "/v1/chat/completions", headers={"Authorization": "Bearer s3cret"},
+                         json={**body, "messages": [{"role": "user", "content": "x" * 5000}]})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+        assert s.healthy()
+    finally:
+        s.stop()
+    assert "s3cret" not in s.output
+
+
+def test_queue_full_is_503_with_retry_after(model_path):
+    s = Server([f"--nn-preload=tiny:GGML:CPU:{model_path('tiny')}", "--parallel", "1", "--queue-size", "0",
+                "--ctx-size", "2048", "tiny", "chatml"])
+    try:
+        with httpx.stream("POST", s.url + "/v1/completions", timeout=60,
+                          json={"model": "tiny", "prompt": "a", "max_tokens": 1500, "ignore_eos": True,
+                                "stream": True}) as r:
+            next(r.iter_lines())
+            busy = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": "b", "max_tokens": 2})
+            assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+            assert busy.json()["error"]["code"] == "queue_full"
+    finally:
+        assert s.stop() == 0
+
+
+def test_demo_model_when_no_preload(tmp_path):
+    s = Server([], env={"LLAMA_HOST_CACHE": str(tmp_path)})
+    try:
+        r = s.client().chat.completions.create(model="default", messages=M, max_tokens=3)
+        assert r.choices[0].message.role == "assistant"
+    finally:
+        s.stop()
+    assert "DEMO model" in s.output
+
+
+CLI_ERRORS = [
+    (["--nn-preload", "x:GGML:CPU"], "NAME:ENCODING:TARGET:PATH"),
+    (["--nn-preload", "x:ONNX:CPU:/tmp/m.gguf", "x"], "encoding"),
+    (["--nn-preload", "x:GGML:TPU:/tmp/m.gguf", "x"], "target"),
+    (["--nn-preload", "x:GGML:CPU:/no/such.gguf", "x"], "not found"),
+    (["--ctx-size", "zero"], "--ctx-size"),
+    (["--parallel", "0"], "--parallel must be at least 1"),
+    (["--socket-addr", "nowhere"], "HOST:PORT"),
+    (["--port", "70000"], "between 0 and 65535"),
+    (["--log-level", "loud"], "log level"),
+    (["--web-ui", "/no/such/dir"], "not a folder"),
+    (["--frobnicate"], "No such option"),
+]
+
+
+@pytest.mark.parametrize("args,words", CLI_ERRORS, ids=[" ".join(a) for a, _ in CLI_ERRORS])
+def test_cli_errors_are_one_clear_line(args, words):
+    r = subprocess.run([sys.executable, "-m", "llama_host.cli", *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llama-host: error:") and words in lines[0], r.stderr
+
+
+def test_cli_alias_and_template_errors(model_path):
+    tiny = model_path("tiny")
+    for args, words in (([f"--nn-preload=a:GGML:CPU:{tiny}", "b"], "names no --nn-preload"),
+                        ([f"--nn-preload=a:GGML:CPU:{tiny}", "a", "no-such-template"], "unknown prompt template")):
+        r = subprocess.run([sys.executable, "-m", "llama_host.cli", *args], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and words in r.stderr
+
+
+def test_help_explains_every_option():
+    r = subprocess.run([sys.executable, "-m", "llama_host.cli", "--help"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0
+    for option in ("--nn-preload", "--socket-addr", "--port", "--model-name", "--ctx-size", "--batch-size", "--parallel",
+                   "--n-predict", "--n-gpu-layers", "--threads", "--temp", "--top-p", "--repeat-penalty",
+                   "--presence-penalty", "--frequency-penalty", "--reverse-prompt", "--api-key", "--cors-origins",
+                   "--web-ui", "--max-body-bytes", "--queue-size", "--log-level"):
+        assert option in r.stdout
