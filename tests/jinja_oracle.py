@@ -43,9 +43,24 @@ def _strftime_now(fmt):
     return datetime.datetime.fromtimestamp(NOW, tz=datetime.timezone.utc).strftime(fmt)
 
 
+class _AssistantTracker(jinja2.ext.Extension):
+    """transformers' AssistantTracker as far as rendering goes: `{% generation %}` renders its body."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        call = self.call_method("_generation_support")
+        return jinja2.nodes.CallBlock(call, [], [], body).set_lineno(lineno)
+
+    def _generation_support(self, caller):
+        return caller()
+
+
 def jinja2_environment() -> jinja2.sandbox.ImmutableSandboxedEnvironment:
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+        trim_blocks=True, lstrip_blocks=True, extensions=[_AssistantTracker, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
@@ -58,6 +73,24 @@ def render_jinja2(source: str, context: dict) -> Rendered:
         return Rendered(jinja2_environment().from_string(source).render(**context))
     except Exception as e:  # noqa: BLE001 - any failure of the oracle is "it raised"
         return Rendered(None, f"{type(e).__name__}: {e}")
+
+
+def compile_jinja2(source: str):
+    """A renderer for one template compiled once (the corpus test renders each many times):
+    context -> Rendered. A template that does not compile fails every render."""
+    try:
+        template = jinja2_environment().from_string(source)
+    except Exception as e:  # noqa: BLE001
+        failure = Rendered(None, f"{type(e).__name__}: {e}")
+        return lambda context: failure
+
+    def render(context: dict) -> Rendered:
+        try:
+            return Rendered(template.render(**context))
+        except Exception as e:  # noqa: BLE001
+            return Rendered(None, f"{type(e).__name__}: {e}")
+
+    return render
 
 
 # --- the guest ----------------------------------------------------------------------------------
@@ -111,9 +144,85 @@ CONVERSATIONS: dict[str, list[dict]] = {
 
 SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>"}
 
+# --- tool use, as HF passes it: OpenAI function tools, tool_calls with dict arguments -----------
 
-def contexts(messages: list[dict]) -> list[dict]:
-    """The template variables HF passes, with and without the generation prompt."""
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "description": "The city, e.g. Paris"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "description": "Unit"},
+            },
+            "required": ["city"],
+        },
+    },
+}
+SEARCH_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "search",
+        "description": "Search the web.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "query": {"type": "string"},
+                "limit": {"type": "integer", "description": "How many results"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+            },
+            "required": ["query"],
+        },
+    },
+}
+TOOLS = [WEATHER_TOOL, SEARCH_TOOL]
+
+WEATHER_CALL = {
+    "id": "call12345",  # 9 alphanumerics: Mistral's templates insist
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}},
+}
+SEARCH_CALL = {
+    "id": "call67890",
+    "type": "function",
+    "function": {"name": "search", "arguments": {"query": "llama \"facts\"", "limit": 3, "tags": ["a", "b"]}},
+}
+
+TOOL_CONVERSATIONS: dict[str, list[dict]] = {
+    "tools-offered": [SYSTEM, {"role": "user", "content": "What's the weather in Paris?"}],
+    "tool-call": [
+        SYSTEM,
+        {"role": "user", "content": "What's the weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [WEATHER_CALL]},
+        {"role": "tool", "tool_call_id": "call12345", "name": "get_weather", "content": '{"temperature": 21}'},
+    ],
+    "tool-round-trip": [
+        {"role": "user", "content": "Weather in Paris, and search llamas."},
+        {"role": "assistant", "content": "", "tool_calls": [WEATHER_CALL, SEARCH_CALL]},
+        {"role": "tool", "tool_call_id": "call12345", "name": "get_weather", "content": '{"temperature": 21}'},
+        {"role": "tool", "tool_call_id": "call67890", "name": "search", "content": "Llamas are camelids."},
+        {"role": "assistant", "content": "It is 21 degrees; llamas are camelids."},
+        {"role": "user", "content": "Thanks!"},
+    ],
+}
+
+
+def contexts(messages: list[dict], tools: list[dict] | None = None) -> list[dict]:
+    """The template variables HF passes, with and without the generation prompt (and `tools`
+    when given)."""
+    extra = {"tools": tools} if tools is not None else {}
     return [
-        {"messages": messages, "add_generation_prompt": add, **SPECIAL_TOKENS} for add in (True, False)
+        {"messages": messages, "add_generation_prompt": add, **SPECIAL_TOKENS, **extra} for add in (True, False)
     ]
+
+
+def all_contexts() -> list[tuple[str, dict]]:
+    """(label, context) for every conversation: the plain ones, and the tool ones with TOOLS."""
+    out = []
+    for name, messages in CONVERSATIONS.items():
+        out += [(f"{name}/{i}", c) for i, c in enumerate(contexts(messages))]
+    for name, messages in TOOL_CONVERSATIONS.items():
+        out += [(f"{name}/{i}", c) for i, c in enumerate(contexts(messages, TOOLS))]
+    return out
