@@ -312,3 +312,43 @@ def test_serving_still_answers_after_errors(serving, registry):
     expected, _ = engine_text(registry, "tiny", "abc", 5, ignore_eos=True)
     status, body = call(serving, "complete", {"model": "tiny", "prompt": "abc", "max_tokens": 5, "ignore_eos": True})
     assert status == 200 and body["choices"][0]["text"] == expected
+
+
+# --- templates ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def no_template_model(tmp_path_factory):
+    import dataclasses
+
+    from llama_host import modelgen
+
+    path = tmp_path_factory.mktemp("models") / "no-template.gguf"
+    modelgen.write_model(dataclasses.replace(modelgen.PRESETS["tiny"], chat_template=None), path, dtype="f32")
+    preloads = parse_preloads([f"bare:GGML:CPU:{path}"])
+    with ModelRegistry.load(preloads, EngineConfig(ctx_size=256, parallel=1)) as reg:
+        yield reg
+
+
+def test_auto_without_a_gguf_template_falls_back_to_chatml(no_template_model, caplog):
+    routes = [ModelRoute.create("bare", "bare", "auto"), ModelRoute.create("bare-chatml", "bare", "chatml")]
+    with Serving(no_template_model, routes) as s, caplog.at_level("WARNING", logger="llama_host.guest"):
+        auto = s.call("apply-template", json.dumps({"model": "bare", "messages": CHAT}).encode())
+        chatml = s.call("apply-template", json.dumps({"model": "bare-chatml", "messages": CHAT}).encode())
+    assert auto.status == 200 and json.loads(auto.body) == json.loads(chatml.body)
+    assert "no chat template" in caplog.text and "chatml" in caplog.text
+
+
+def test_template_errors_are_400_with_the_templates_message(registry):
+    routes = [
+        ModelRoute("raises", "tiny", "raises", "{{ raise_exception('System messages are not supported') }}"),
+        ModelRoute("undefined", "tiny", "undefined", "{{ messages[0].content.nope.deeper }}"),
+        ModelRoute("broken", "tiny", "broken", "{% for m in messages %}{{ m.content }}"),
+    ]
+    with Serving(registry, routes) as s:
+        for model, words in (("raises", "System messages are not supported"), ("undefined", "has no attribute 'nope'"),
+                             ("broken", "line 1")):
+            reply = s.call("chat", json.dumps({"model": model, "messages": M}).encode())
+            error = json.loads(reply.body)["error"]
+            assert reply.status == 400 and error["code"] == "template_error", error
+            assert words in error["message"], error

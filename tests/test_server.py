@@ -255,8 +255,9 @@ def test_info_and_metrics(server):
 # --- servers with other settings -------------------------------------------------------------
 
 
-def test_api_key_cors_and_body_limit(model_path):
-    s = Server([f"--nn-preload=tiny:GGML:CPU:{model_path('tiny')}", "--max-body-bytes", "2000",
+def test_api_key_cors_body_limit_and_web_ui(model_path, tmp_path):
+    (tmp_path / "index.html").write_text("<title>my chat ui</title>")
+    s = Server([f"--nn-preload=tiny:GGML:CPU:{model_path('tiny')}", "--max-body-bytes", "2000", "--web-ui", str(tmp_path),
                 "--cors-origins", "https://chat.example", "tiny", "chatml"], env={"API_KEY": "s3cret"})
     try:
         body = {"model": "tiny", "messages": M, "max_tokens": 2}
@@ -267,6 +268,7 @@ def test_api_key_cors_and_body_limit(model_path):
             s.client(api_key="wrong").models.list()
         assert s.client(api_key="s3cret").chat.completions.create(**body).choices[0].message.role == "assistant"
         assert httpx.get(s.url + "/health").status_code == 200  # not under /v1
+        assert "my chat ui" in httpx.get(s.url + "/").text
         pre = httpx.options(s.url + "/v1/chat/completions", headers={
             "Origin": "https://chat.example", "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": "authorization,content-type"})

@@ -277,10 +277,12 @@ def _last_line(error: Exception) -> str:
 
 
 def _log_output(stream: str) -> Callable[[bytes], None]:
+    level = logging.WARNING if stream == "stderr" else logging.INFO  # a guest's stderr carries its warnings
+
     def write(data: bytes) -> None:
         for line in data.decode("utf-8", "replace").splitlines():
             if line.strip():
-                guest_log.info("%s: %s", stream, line)
+                guest_log.log(level, "%s: %s", stream, line)
 
     return write
 
