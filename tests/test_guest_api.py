@@ -170,9 +170,9 @@ def test_chat_stream_include_usage(serving):
 
 
 def test_chat_content_parts_and_named_template(serving, registry):
-    parts = [{"role": "user", "content": [{"type": "text", "text": "Say "}, {"type": "text", "text": "hi."}]}]
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Say"}, {"type": "text", "text": "hi."}]}]
     a = call(serving, "chat", {"model": "chatml-tiny", "messages": parts, "max_tokens": 4})[1]
-    b = call(serving, "chat", {"model": "chatml-tiny", "messages": [{"role": "user", "content": "Say hi."}],
+    b = call(serving, "chat", {"model": "chatml-tiny", "messages": [{"role": "user", "content": "Say\nhi."}],
                                "max_tokens": 4})[1]
     assert a["choices"][0]["message"] == b["choices"][0]["message"]
     assert a["usage"]["prompt_tokens"] == b["usage"]["prompt_tokens"]

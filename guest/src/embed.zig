@@ -31,6 +31,8 @@ const Vector = struct {
 
     pub fn jsonStringify(self: Vector, jws: anytype) !void {
         if (!self.base64) return jws.write(self.values);
+        // std.json hands jsonStringify no allocator: the scratch bytes come from the wasm
+        // allocator and are freed before returning.
         var bytes: [4]u8 = undefined;
         var raw = std.ArrayList(u8).init(std.heap.wasm_allocator);
         defer raw.deinit();

@@ -60,7 +60,8 @@ pub fn renderChat(gpa: Allocator, model: *const config.Model, info: ModelInfo, r
     };
 }
 
-/// One message as templates expect it: `content` a string (text parts joined), roles checked.
+/// One message as templates expect it: `content` a string (text parts joined by newlines),
+/// roles checked.
 fn normalize(gpa: Allocator, message: Value, index: usize, problem: *fields.Problem) RenderError!Value {
     const path = try std.fmt.allocPrint(gpa, "messages[{d}]", .{index});
     if (message != .object) return problem.fail(path, "'{s}' must be an object, not {s}", .{ path, fields.typeName(message) });
@@ -93,6 +94,7 @@ fn normalize(gpa: Allocator, message: Value, index: usize, problem: *fields.Prob
                 if (!std.mem.eql(u8, kind, "text"))
                     return problem.fail(try p.param("type"), "'{s}.type' is '{s}'; only text parts are supported", .{ ppath, kind });
                 const t = (try p.string("text")) orelse return problem.fail(try p.param("text"), "'{s}.text' is required", .{ppath});
+                if (j > 0) try text.append('\n'); // as llama-server joins text parts
                 try text.appendSlice(t);
             }
             try out.put("content", .{ .string = text.items });

@@ -42,7 +42,7 @@ class ModelRoute:
         """``template``: ``auto``, a name in templates/ (``llama-2-chat``) or a path to a ``.jinja`` file."""
         if template == "auto":
             return cls(id, preload)
-        if (templates_dir or vendor.templates_dir()).joinpath(f"{template}.jinja").is_file() and "/" not in template:
+        if "/" not in template and (templates_dir or vendor.templates_dir()).joinpath(f"{template}.jinja").is_file():
             return cls(id, preload, template)
         path = Path(template)
         if path.suffix == ".jinja" and path.is_file():
