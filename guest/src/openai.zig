@@ -119,6 +119,7 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
     if (try request.number("presence_penalty", -2, 2)) |x| try md.put("presence-penalty", .{ .float = x });
     if (try request.number("frequency_penalty", -2, 2)) |x| try md.put("frequency-penalty", .{ .float = x });
     if (try request.number("repeat_penalty", 0, 10)) |x| try md.put("repeat-penalty", .{ .float = x });
+    if (try request.integer("repeat_last_n", -1, std.math.maxInt(i32))) |n| try md.put("repeat-last-n", .{ .integer = n });
     if (try request.integer("seed", std.math.minInt(i64), std.math.maxInt(i64))) |n| try md.put("seed", .{ .integer = n });
     if (try request.boolean("ignore_eos")) |b| try md.put("ignore-eos", .{ .bool = b });
     if (try request.string("grammar")) |g| try md.put("grammar", .{ .string = g });

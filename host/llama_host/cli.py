@@ -16,6 +16,7 @@ import typer
 import uvicorn
 
 from llama_host import __version__, modelgen
+from llama_host import config as config_file
 from llama_host.bridge.runner import RunnerConfig
 from llama_host.engine.engine import EngineConfig
 from llama_host.engine.model import Target
@@ -62,6 +63,17 @@ def positive(name: str, value: int | None, minimum: int = 1) -> None:
         raise UsageError(f"{name} must be at least {minimum}, not {value}")
 
 
+def _load_config(ctx: typer.Context, value: Optional[Path]) -> None:
+    """--config: the file's values become the defaults of every other option."""
+    if value is None:
+        return
+    try:
+        defaults = config_file.load(value, {p.name for p in ctx.command.params})
+    except config_file.ConfigError as e:
+        raise UsageError(str(e)) from None
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
 def serve(
     model_alias: Annotated[str, typer.Argument(help="The preload to serve by default (its name in --nn-preload).")] = "default",
     prompt_template: Annotated[str, typer.Argument(
@@ -92,6 +104,11 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (413 past it).")] = 16 << 20,
     queue_size: Annotated[int, typer.Option(help="Requests that may wait for a free sequence (503 past it).")] = 64,
     log_level: Annotated[str, typer.Option(envvar="LLAMA_LOG", help="debug, info, warning or error.")] = "info",
+    seed: Annotated[Optional[int], typer.Option(help="Default sampling seed (requests without 'seed').")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        is_eager=True, callback=_load_config, expose_value=False,
+        help="A YAML file of option values (these option names, or the keys of llm-api's config.yaml). "
+             "The command line wins, then LLAMA_HOST_<OPTION> / LLM_API_<KEY> variables, then the file.")] = None,
 ) -> None:
     """Serve GGUF models behind the OpenAI API (/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models)."""
     level = getattr(logging, log_level.upper(), None)
@@ -124,6 +141,7 @@ def serve(
     defaults = {k: v for k, v in {
         "n-predict": n_predict, "temp": temp, "top-p": top_p, "repeat-penalty": repeat_penalty,
         "presence-penalty": presence_penalty, "frequency-penalty": frequency_penalty, "reverse-prompt": reverse_prompt,
+        "seed": seed,
     }.items() if v is not None}
     engine_config = EngineConfig(ctx_size=ctx_size, parallel=parallel, batch_size=batch_size, threads=threads,
                                  queue_size=queue_size)
@@ -170,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     app.command()(serve)
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="llama-host", standalone_mode=False)
+        command.main(args=argv, prog_name="llama-host", standalone_mode=False, auto_envvar_prefix="LLAMA_HOST")
     except typer.Abort:
         sys.exit(130)
     except (UsageError, typer.TyperException) as e:

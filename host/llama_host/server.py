@@ -28,7 +28,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llama_host import __version__
+from llama_host import __version__, compat
 from llama_host.bridge.wasi_nn import LLAMA_BUILD
 from llama_host.errors import ErrorKind, error_body
 from llama_host.metrics import Metrics
@@ -37,6 +37,8 @@ from llama_host.serving import Reply, Serving
 
 log = logging.getLogger(__name__)
 
+# what an API key guards: everything that reaches a model
+PROTECTED = ("/v1", *(e.path for e in compat.ENDPOINTS))
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -104,27 +106,57 @@ async def read_body(request: Request, limit: int) -> bytes:
 # --- routes ---------------------------------------------------------------------------------
 
 
+async def _request_body(request: Request) -> bytes | Response:
+    """The body of a request for the guest, or the response refusing it."""
+    state: State = request.app.state.llama
+    if state.serving is None:
+        return error_response(ErrorKind.UNAVAILABLE, "the server is still loading its models",
+                              headers={"Retry-After": "1"})
+    try:
+        return await read_body(request, state.settings.max_body_bytes)
+    except RequestTooLarge:
+        return error_response(ErrorKind.BODY_TOO_LARGE,
+                              f"the request body is larger than {state.settings.max_body_bytes} bytes")
+    except ClientDisconnect:
+        return Response(status_code=400)
+
+
 def guest_route(command: str, route: str) -> Callable:
     async def endpoint(request: Request) -> Response:
-        state: State = request.app.state.llama
-        if state.serving is None:
-            return error_response(ErrorKind.UNAVAILABLE, "the server is still loading its models",
-                                  headers={"Retry-After": "1"})
-        try:
-            body = await read_body(request, state.settings.max_body_bytes)
-        except RequestTooLarge:
-            return error_response(ErrorKind.BODY_TOO_LARGE,
-                                  f"the request body is larger than {state.settings.max_body_bytes} bytes")
-        except ClientDisconnect:
-            return Response(status_code=400)
-        return await run_guest(state, command, route, body)
+        body = await _request_body(request)
+        if isinstance(body, Response):
+            return body
+        return await run_guest(request.app.state.llama, command, route, body)
 
     return endpoint
 
 
-async def run_guest(state: State, command: str, route: str, body: bytes) -> Response:
+def compat_route(api: compat.Endpoint) -> Callable:
+    """An older API's endpoint: its body is translated to an OpenAI request for the guest, and
+    the answer back (llama_host.compat)."""
+
+    async def endpoint(request: Request) -> Response:
+        body = await _request_body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            translated = api.request(orjson.loads(body))
+        except orjson.JSONDecodeError as e:
+            return error_response(ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
+        except compat.CompatError as e:
+            return error_response(ErrorKind.INVALID_REQUEST, str(e), e.param)
+        return await run_guest(request.app.state.llama, api.command, api.path, orjson.dumps(translated),
+                               translation=(api, translated))
+
+    return endpoint
+
+
+async def run_guest(
+    state: State, command: str, route: str, body: bytes, translation: tuple[compat.Endpoint, dict] | None = None
+) -> Response:
     """Runs the guest in a worker thread. Answers as soon as the first frame is known: a stream
-    starts with its first event, anything else waits for the end of the run."""
+    starts with its first event, anything else waits for the end of the run. ``translation``: the
+    older API whose response shape to answer in, and the OpenAI request it became."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     gone = threading.Event()  # set when the client disconnects: the next emit stops the guest
@@ -153,14 +185,20 @@ async def run_guest(state: State, command: str, route: str, body: bytes) -> Resp
         await task
         state.metrics.finished(route, first.status, time.perf_counter() - started)
         headers = {"Retry-After": "1"} if first.status == 503 else None
+        if translation is not None and first.status == 200:
+            api, translated = translation
+            data = api.response(translated, orjson.loads(first.body), time.perf_counter() - started)
+            return Response(orjson.dumps(data), media_type="application/json")
         return Response(first.body, first.status, headers=headers, media_type="application/json")
     state.metrics.first_token(time.perf_counter() - started)
+    to_event = _openai_event if translation is None else _compat_event(translation[0])
 
     async def events() -> AsyncIterator[bytes]:
         item = first
         try:
             while not isinstance(item, Reply):
-                yield b"data: " + item + b"\n\n"
+                if event := to_event(item):
+                    yield event
                 item = await queue.get()
             if item.error is not None:  # the stream had started: the error is its last event
                 yield b"data: " + orjson.dumps(item.error.body()) + b"\n\n"
@@ -171,6 +209,24 @@ async def run_guest(state: State, command: str, route: str, body: bytes) -> Resp
                 state.metrics.finished(route, 499, time.perf_counter() - started)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _openai_event(payload: bytes) -> bytes:
+    return b"data: " + payload + b"\n\n"
+
+
+def _compat_event(api: compat.Endpoint) -> Callable[[bytes], bytes]:
+    """Server-sent events as sse-starlette writes them (CRLF, a data line per text line)."""
+
+    def event(payload: bytes) -> bytes:
+        if payload == b"[DONE]":
+            return b""
+        text = api.event(orjson.loads(payload))
+        if not text:
+            return b""
+        return "".join(f"data: {line}\r\n" for line in text.split("\n")).encode() + b"\r\n"
+
+    return event
 
 
 def models_route(request: Request) -> Response:
@@ -210,6 +266,14 @@ def health_route(request: Request) -> Response:
     return JSONResponse({"status": "loading"}, 503, headers={"Retry-After": "1"})
 
 
+CHAT_PAGE = Path(__file__).with_name("static") / "index.html"
+
+
+def chat_page(request: Request) -> Response:
+    """The built-in chat page (one self-contained file), when no --web-ui is given."""
+    return HTMLResponse(CHAT_PAGE.read_bytes())
+
+
 def metrics_route(request: Request) -> Response:
     data, content_type = request.app.state.llama.metrics.render()
     return Response(data, media_type=content_type)
@@ -227,16 +291,16 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
 
 
 class ApiKeyMiddleware:
-    """With an API key set, every /v1 route needs ``Authorization: Bearer <key>``; the key is
-    compared in constant time and never logged."""
+    """With an API key set, every route that reaches a model (/v1 and the older APIs) needs
+    ``Authorization: Bearer <key>``; the key is compared in constant time and never logged."""
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (self.expected is not None and scope["type"] == "http" and scope["path"].startswith("/v1")
-                and scope["method"] != "OPTIONS"):
+        if (self.expected is not None and scope["type"] == "http" and scope["method"] != "OPTIONS"
+                and scope["path"].startswith(PROTECTED)):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 message = "invalid API key" if given else "missing API key: send 'Authorization: Bearer <key>'"
@@ -256,11 +320,13 @@ def create_app(state: State) -> Starlette:
         Route("/v1/embeddings", guest_route("embed", "/v1/embeddings"), methods=["POST"]),
         Route("/v1/apply-template", guest_route("apply-template", "/v1/apply-template"), methods=["POST"]),
     ]
+    routes += [Route(e.path, compat_route(e), methods=[e.method]) for e in compat.ENDPOINTS]
+    routes.append(Route("/check", lambda _r: JSONResponse("Ok"), methods=["GET"]))  # llm-api's status check
     web_ui = state.settings.web_ui
     if web_ui is not None:
         routes.append(Mount("/", StaticFiles(directory=web_ui, html=True), name="web-ui"))
     else:
-        routes.append(Route("/", lambda _r: HTMLResponse(_INDEX), methods=["GET"]))
+        routes.append(Route("/", chat_page, methods=["GET"]))
     middleware = [Middleware(ApiKeyMiddleware, api_key=state.settings.api_key)]
     if state.settings.cors_origins:
         # outermost, so preflight and 401s carry the CORS headers too
@@ -283,10 +349,3 @@ def create_app(state: State) -> Starlette:
                     exception_handlers={404: not_found, 405: method_not_allowed})
     app.state.llama = state
     return app
-
-
-_INDEX = """<!doctype html><meta charset="utf-8"><title>llama-host</title>
-<h1>llama-host</h1><p>An OpenAI-compatible API is served under <code>/v1</code>:
-<a href="/v1/models">/v1/models</a>, <code>POST /v1/chat/completions</code>,
-<code>POST /v1/completions</code>, <code>POST /v1/embeddings</code>.
-Health: <a href="/health">/health</a>, metrics: <a href="/metrics">/metrics</a>.</p>"""

@@ -1,0 +1,62 @@
+"""The APIs of older local-LLM servers, kept working unchanged for their clients.
+
+Each API is a set of :class:`Endpoint`: its request body becomes an OpenAI request, which runs
+through the same guest as /v1 (validation, templates, sampling), and the OpenAI answer becomes
+that API's response. Only the translation lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+
+class CompatError(ValueError):
+    """A request field of the older API is missing or wrong: a 400 naming it."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    path: str
+    method: str
+    command: str  # the guest command: chat, complete or embed
+    request: Callable[[Any], dict]  # the parsed body -> the OpenAI request
+    response: Callable[[dict, dict, float], Any]  # OpenAI request, its answer, seconds taken -> the response
+    event: Callable[[dict], str] | None = None  # streamed: an OpenAI chunk -> the event's data
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object", bool: "a boolean"}
+
+
+def field(body: dict, name: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
+    """``body[name]`` checked against ``kind`` (a bool is not a number here, unlike in Python)."""
+    if body.get(name) is None:
+        if required:
+            raise CompatError(name, f"'{name}' is required")
+        return default
+    value = body[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join(_KIND_NAMES[k] for k in kinds if not (k is int and float in kinds))
+        raise CompatError(name, f"'{name}' must be {expected}")
+    return value
+
+
+def object_body(body: Any, what: str = "the request body") -> dict:
+    if not isinstance(body, dict):
+        raise CompatError(None, f"{what} must be a JSON object")
+    return body
+
+
+def _all() -> list[Endpoint]:
+    from llama_host.compat import llama2, llama_go, llm_api
+
+    return [*llama2.ENDPOINTS, *llama_go.ENDPOINTS, *llm_api.ENDPOINTS]
+
+
+ENDPOINTS: list[Endpoint] = _all()
