@@ -81,3 +81,30 @@ class EngineClosed(HostError):
 
 class EngineFailure(HostError):
     kind = ErrorKind.INTERNAL
+
+
+class APIError(HostError):
+    """An error answer of the guest, raised by the Python API (``llama_host.Llama``): ``kind``
+    (an :class:`ErrorKind`) says which error, ``param`` names the request field, ``status`` is the
+    HTTP status the server answers with."""
+
+    def __init__(self, kind: ErrorKind, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.param = param
+
+    @property
+    def status(self) -> int:
+        return self.kind.http_status
+
+    @property
+    def code(self) -> str | None:
+        return self.kind.code
+
+    def body(self) -> dict:
+        """The OpenAI error object the server answers with."""
+        return error_body(self.kind, self.message, self.param)
+
+    def __repr__(self) -> str:
+        return f"APIError({self.kind.name.lower()}, {self.message!r}, param={self.param!r})"

@@ -103,14 +103,15 @@ class Serving(Resource):
             }
         )
 
-    def call(self, command: str, body: bytes, on_event: Callable[[bytes], None] | None = None) -> Reply:
+    def call(self, command: str, body: bytes, on_event: Callable[[bytes], bool | None] | None = None) -> Reply:
         """Runs one request (blocking: call from a worker thread). Stream events go to
-        ``on_event`` as they come (or collect in ``Reply.events``)."""
+        ``on_event`` as they come (or collect in ``Reply.events``); ``on_event`` returning False
+        means nobody reads any more: the guest stops and its sequence is cancelled."""
         if command not in COMMANDS:
             raise ValueError(f"unknown guest command {command!r}")
         reply = Reply()
 
-        def frame(data: bytes) -> None:
+        def frame(data: bytes) -> bool | None:
             tag, payload = data[:1], data[1:]
             if reply.error is not None:
                 log.warning("the guest emitted after its error frame; ignored")
@@ -119,9 +120,8 @@ class Serving(Resource):
             elif tag == b"S":
                 reply.streamed = True
                 if on_event is not None:
-                    on_event(payload)
-                else:
-                    reply.events.append(payload)
+                    return on_event(payload)
+                reply.events.append(payload)
             elif tag == b"E":
                 reply.error = _guest_error(payload)
             else:

@@ -169,6 +169,9 @@ class Model(Resource):
         already starts with the BOS token keeps just that one."""
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
         add = self.info.add_bos if add_bos is None else add_bos
+        bos_text = self.info.bos_token
+        if add and special and bos_text and data.startswith(bos_text.encode()):
+            add = False  # the text brings its BOS (chat templates write it); llama.cpp would warn
         capacity = len(data) + 2
         while True:
             buf = (C.llama_token * capacity)()
