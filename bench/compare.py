@@ -332,6 +332,21 @@ class Results:
     notes: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     load: list[float] = field(default_factory=list)
+    argv: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+    run_at: str = ""
+
+    @classmethod
+    def load_json(cls, path: Path) -> Results:
+        """The raw results a run saved in bench/out (JSON turned the int keys into strings)."""
+        def ints(d):
+            return {int(k) if str(k).isdigit() else k: ints(v) if isinstance(v, dict) else v
+                    for k, v in d.items()}
+
+        doc = json.loads(path.read_text())
+        doc = {k: ints(v) if isinstance(v, dict) else v for k, v in doc.items()}
+        doc["model"] = Path(doc["model"])
+        return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
 
 
 def check_len(res: Results, kind: str, reply: Reply, n: int, what: str) -> None:
@@ -592,11 +607,14 @@ def build_rows(res: Results) -> list[tuple]:
         rows.append(("peak RSS MB, parallel 1 vs llama-cpp-python server", f"{host_rss / 1024:.0f}",
                      f"{lcp_rss / 1024:.0f}",
                      f"{host_rss / lcp_rss:.2f}x ({(host_rss - lcp_rss) / 1024:+.0f} MB)", ""))
-    if res.llama_bench and d:
-        base_us = 1e6 / res.llama_bench
+    for name, rate in ((f"llama-bench tg{res.tokens}", res.llama_bench),
+                       ("llama-batched-bench -npl 1", res.batched.get(1))):
+        if not (rate and d):
+            continue
+        base_us = 1e6 / rate
         for k in (HOST, SERVER, LCP):
             if d.get(k):
-                rows.append((f"per-token overhead us over llama-bench: {k}", f"{1e6 / d[k] - base_us:.0f}",
+                rows.append((f"per-token overhead us over {name}: {k}", f"{1e6 / d[k] - base_us:.0f}",
                              f"{base_us:.0f} us/tok", "", ""))
     if res.bandwidth and res.bytes_per_token:
         ceiling = res.bandwidth * 1e9 / res.bytes_per_token
@@ -628,7 +646,7 @@ def section(res: Results, rows, argv: list[str], elapsed: float) -> str:
         f"## Preset `{res.preset}`: {res.model.name} "
         f"({(res.model_bytes or res.model.stat().st_size) / 1e6:.0f} MB)",
         "",
-        f"Run {time.strftime('%Y-%m-%d %H:%M')}, {elapsed / 60:.1f} min, {res.repeats} repeats (medians), "
+        f"Run {res.run_at}, {elapsed / 60:.1f} min, {res.repeats} repeats (medians), "
         f"{res.tokens} generated tokens, {THREADS} threads, {CTX} context cells per sequence, batch {BATCH}.",
         "",
         f"- machine: {machine()}",
@@ -676,7 +694,15 @@ def main() -> None:
     parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                         help="first wait up to this long for the 1-min load average to drop under 1.2")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: rewrite the section from bench/out/results-PRESET.json")
     args = parser.parse_args()
+    if args.render:
+        res = Results.load_json(OUT / f"results-{args.preset}.json")
+        rows = build_rows(res)
+        write_results(res, section(res, rows, res.argv, res.elapsed))
+        print(table(rows))
+        return
     scenarios = set(args.scenarios.split(","))
     unknown = scenarios - {"decode", "ttft", "multiturn", "aggregate", "engine", "bandwidth"}
     if unknown:
@@ -733,14 +759,18 @@ def main() -> None:
 
     if "engine" in scenarios:
         scenario_llama_bench(res)
-    elapsed = time.time() - t_run
+    res.elapsed = time.time() - t_run
+    res.run_at = time.strftime("%Y-%m-%d %H:%M")
+    res.argv = [sys.executable.replace(str(ROOT) + "/", ""), *sys.argv]
     rows = build_rows(res)
-    text = section(res, rows, [sys.executable.replace(str(ROOT) + "/", ""), *sys.argv], elapsed)
-    out = OUT / f"results-{args.preset}.json"
+    text = section(res, rows, res.argv, res.elapsed)
+    writing = not args.no_write and not args.quick
+    # --render reads results-PRESET.json: only a run that writes RESULTS.md replaces it.
+    out = OUT / f"results-{args.preset}{'' if writing else '-trial'}.json"
     OUT.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in res.__dict__.items()},
                               indent=1, default=str))
-    if not args.no_write and not args.quick:
+    if writing:
         write_results(res, text)
         log(f"wrote {RESULTS.relative_to(ROOT)} (raw: {out.relative_to(ROOT)})")
     print()
