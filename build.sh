@@ -71,14 +71,8 @@ esac
 # first AMX instruction raises SIGILL. Compile AMX out only where the probe sees it fault; where
 # it works (or the kernel refuses it and ggml skips it by itself) the native build stays as is.
 # The host also checks at run time (engine/amx.py), for a library built on another machine.
-cflags=""
-if echo | cc -march=native -dM -E - 2>/dev/null | grep -q __AMX_INT8__; then
-  amx=$("$PY" host/llama_host/engine/amx.py || true)
-  if [ "$amx" = faulting ]; then
-    say "this CPU advertises AMX but AMX instructions fault: building llama.cpp without AMX"
-    cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-  fi
-fi
+cflags=$("$PY" host/llama_host/engine/amx.py --cflags)
+[ -z "$cflags" ] || say "this CPU advertises AMX but AMX instructions fault: building llama.cpp without AMX"
 
 # --- llama.cpp, built into a wheel kept per configuration -----------------------------------
 key="$backend-$(printf '%s|%s|%s|%s' "$LLAMA_CPP_PYTHON" "$cmake_args" "$cflags" "$(uname -m)" | cksum | cut -d' ' -f1)"

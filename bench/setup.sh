@@ -29,14 +29,8 @@ mkdir -p "$OUT"
 
 # --- llama.cpp tools -------------------------------------------------------------------------
 # The same AMX guard as build.sh: compile AMX out only where the CPU advertises it but faults.
-cflags=""
-if echo | cc -march=native -dM -E - 2>/dev/null | grep -q __AMX_INT8__; then
-  amx=$("$PY" host/llama_host/engine/amx.py || true)
-  if [ "$amx" = faulting ]; then
-    say "this CPU advertises AMX but AMX instructions fault: building llama.cpp without AMX"
-    cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-  fi
-fi
+cflags=$("$PY" host/llama_host/engine/amx.py --cflags)
+[ -z "$cflags" ] || say "this CPU advertises AMX but AMX instructions fault: building llama.cpp without AMX"
 targets="llama-server llama-bench llama-batched-bench"
 missing=0
 for t in $targets; do [ -x "$BUILD/bin/$t" ] || missing=1; done

@@ -143,3 +143,16 @@ def test_prompt_too_long(tiny_model):
             Generation(ctx, prompt)
         assert (err.value.n_prompt, err.value.n_ctx) == (257, 256)
         assert "257 tokens" in str(err.value) and "256 tokens of context" in str(err.value)
+
+
+@pytest.mark.parametrize("advertised,state,expected", [
+    (True, "FAULTING", "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"),
+    (True, "USABLE", ""),
+    (False, "FAULTING", ""),
+])
+def test_build_flags_compile_amx_out_only_where_it_faults(tmp_path, monkeypatch, advertised, state, expected):
+    cc = tmp_path / "cc"  # a compiler whose -march=native does or does not define __AMX_INT8__
+    cc.write_text("#!/bin/sh\n" + ("echo '#define __AMX_INT8__ 1'\n" if advertised else "echo '#define __SSE2__ 1'\n"))
+    cc.chmod(0o755)
+    monkeypatch.setattr(amx, "amx_state", lambda: amx.AmxState[state])
+    assert amx.build_cflags(str(cc)) == expected

@@ -67,9 +67,25 @@ def amx_state() -> AmxState:
     return AmxState.UNSUPPORTED
 
 
+def build_cflags(cc: str = "cc") -> str:
+    """Compiler flags for a native llama.cpp build: AMX compiled out only where ``-march=native``
+    would enable it and its instructions fault (build.sh and bench/setup.sh use this)."""
+    try:
+        macros = subprocess.run([cc, "-march=native", "-dM", "-E", "-"], input="", capture_output=True,
+                                text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    if "__AMX_INT8__" in macros and amx_state() is AmxState.FAULTING:
+        return "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    return ""
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["--child"]:
         sys.exit(_run_in_child())
+    if sys.argv[1:] == ["--cflags"]:
+        print(build_cflags())
+        sys.exit(0)
     state = amx_state()
     print(state.value)
     sys.exit(0 if state is AmxState.USABLE else 1)
