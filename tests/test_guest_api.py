@@ -183,6 +183,15 @@ def test_apply_template(serving, registry):
     assert status == 200 and body == {"prompt": rendered(registry, "spm", CHAT)}
 
 
+def test_apply_template_refuses_what_chat_refuses(serving):
+    status, error = call(serving, "apply-template", {"model": "gpt-5", "messages": CHAT})
+    assert status == 404 and "llama, tiny, chatml-tiny" in error["error"]["message"]
+    status, error = call(serving, "apply-template", {"model": "llama", "messages": [{"role": "user", "content": 1}]})
+    assert status == 400 and error["error"]["param"] == "messages[0].content"
+    status, error = call(serving, "apply-template", b"{")
+    assert status == 400 and "not valid JSON" in error["error"]["message"]
+
+
 def test_json_response_format_gives_json(serving):
     status, body = call(serving, "chat", {"model": "tiny", "messages": CHAT, "max_tokens": 40,
                                           "response_format": {"type": "json_object"}})

@@ -11,10 +11,8 @@ const std = @import("std");
 const abi = @import("abi.zig");
 const config = @import("config.zig");
 const embed = @import("embed.zig");
-const fields = @import("fields.zig");
 const jinja = @import("jinja.zig");
 const openai = @import("openai.zig");
-const prompt = @import("prompt.zig");
 const reply = @import("reply.zig");
 
 pub const std_options: std.Options = .{ .log_level = .warn };
@@ -48,54 +46,20 @@ fn run(gpa: std.mem.Allocator) error{OutOfMemory}!void {
         error.OutOfMemory => return error.OutOfMemory,
         else => return reply.fail(gpa, .internal, "cannot read the request", null),
     };
-    switch (command.?) {
-        .chat, .complete => {
-            var failure = openai.Failure{ .kind = .internal, .message = "" };
-            openai.serve(gpa, if (command.? == .chat) .chat else .completion, cfg, body, &failure) catch |err| switch (err) {
-                error.OutOfMemory => return error.OutOfMemory,
-                error.ReceiverGone => {}, // the client left; the sequence was cancelled
-                error.Failed => reply.fail(gpa, failure.kind, failure.message, failure.param),
-            };
-        },
-        .embed => {
-            var failure = openai.Failure{ .kind = .internal, .message = "" };
-            embed.serve(gpa, cfg, body, &failure) catch |err| switch (err) {
-                error.OutOfMemory => return error.OutOfMemory,
-                error.ReceiverGone => {},
-                error.Failed => reply.fail(gpa, failure.kind, failure.message, failure.param),
-            };
-        },
-        .@"apply-template" => try applyTemplate(gpa, cfg, body),
-        .jinja => try renderInline(gpa, body),
-    }
-}
-
-/// {"prompt": <the rendered chat prompt>}, as llama-server's /apply-template answers.
-fn applyTemplate(gpa: std.mem.Allocator, cfg: config.Config, body: []const u8) error{OutOfMemory}!void {
-    var problem = fields.Problem{ .gpa = gpa };
-    const text = applyTemplateChecked(gpa, cfg, body, &problem) catch |err| switch (err) {
+    if (command.? == .jinja) return renderInline(gpa, body);
+    var failure = openai.Failure{ .kind = .internal, .message = "" };
+    const served = switch (command.?) {
+        .chat => openai.serve(gpa, .chat, cfg, body, &failure),
+        .complete => openai.serve(gpa, .completion, cfg, body, &failure),
+        .@"apply-template" => openai.serve(gpa, .template, cfg, body, &failure),
+        .embed => embed.serve(gpa, cfg, body, &failure),
+        .jinja => unreachable,
+    };
+    served catch |err| switch (err) {
         error.OutOfMemory => return error.OutOfMemory,
-        error.Invalid => return reply.fail(gpa, .invalid_request, problem.message, problem.param),
-        error.Template => return reply.fail(gpa, .template_error, problem.message, null),
-        error.ModelNotFound => return reply.fail(gpa, .model_not_found, problem.message, "model"),
-        else => return reply.fail(gpa, .internal, @errorName(err), null),
+        error.ReceiverGone => {}, // the client left; its sequence was cancelled
+        error.Failed => reply.fail(gpa, failure.kind, failure.message, failure.param),
     };
-    reply.json(gpa, .body, .{ .prompt = text }) catch |err| switch (err) {
-        error.OutOfMemory => return error.OutOfMemory,
-        error.ReceiverGone => {},
-    };
-}
-
-fn applyTemplateChecked(gpa: std.mem.Allocator, cfg: config.Config, body: []const u8, problem: *fields.Problem) ![]const u8 {
-    const request = try fields.parseBody(gpa, body, problem);
-    const id = try request.string("model");
-    const model = cfg.find(id) orelse {
-        problem.message = try std.fmt.allocPrint(gpa, "the model '{s}' does not exist", .{id orelse ""});
-        return error.ModelNotFound;
-    };
-    const graph = try abi.Graph.loadByName(model.preload);
-    const info = try prompt.ModelInfo.read(gpa, graph);
-    return prompt.renderChat(gpa, model, info, request, problem);
 }
 
 /// Renders {"template": source, "context": {...}, "now": seconds} and answers the raw text.

@@ -11,7 +11,8 @@ const Value = std.json.Value;
 const Allocator = std.mem.Allocator;
 const Object = fields.Object;
 
-pub const Api = enum { chat, completion };
+/// `template`: a chat request answered with its rendered prompt (llama-server's /apply-template).
+pub const Api = enum { chat, completion, template };
 
 /// What a request failed on, before or while generating. `param` names the request field.
 pub const Failure = struct {
@@ -48,7 +49,7 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
     var job = try validate(gpa, api, cfg, request, failure);
     const graph = abi.Graph.loadByName(job.model.preload) catch |err| return jobFailure(gpa, err, &job, api, failure);
     const text = switch (api) {
-        .chat => blk: {
+        .chat, .template => blk: {
             const info = try prompt.ModelInfo.read(gpa, graph);
             break :blk prompt.renderChat(gpa, job.model, info, request, problem) catch |err| switch (err) {
                 error.Template => {
@@ -60,6 +61,7 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
         },
         .completion => try completionPrompt(request, &job),
     };
+    if (api == .template) return reply.json(gpa, .body, .{ .prompt = text });
     const ctx = graph.context() catch |err| return jobFailure(gpa, err, &job, api, failure);
     defer ctx.finalize();
     var metadata = std.ArrayList(u8).init(gpa);
@@ -130,7 +132,7 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
         return request.problem.fail("logprobs", "'logprobs' is not supported", .{});
     try stopStrings(request, md);
     try logitBias(gpa, request, md);
-    if (api == .chat) try responseFormat(gpa, request, md);
+    if (api != .completion) try responseFormat(gpa, request, md);
 
     job.stream = (try request.boolean("stream")) orelse false;
     if (try request.object("stream_options")) |opts| {
@@ -352,6 +354,7 @@ const Answer = struct {
                 }},
                 .usage = usage,
             }),
+            .template => unreachable, // answered with its prompt before any generation
         }
     }
 
@@ -374,6 +377,7 @@ const Answer = struct {
                 .logprobs = null,
                 .finish_reason = finish_reason,
             }}, usage),
+            .template => unreachable,
         }
     }
 
