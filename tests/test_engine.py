@@ -300,6 +300,21 @@ def test_streamed_pieces_equal_the_full_text_and_are_valid_utf8(engine_and_model
         assert text == raw.decode("utf-8", "replace")
 
 
+
+def test_switching_from_streaming_to_text_keeps_every_piece_in_order(spm_engine):
+    # text() stops the per-token wake-ups mid-request: what was queued before the switch and
+    # what the engine collects after it must join up exactly, wherever the switch falls.
+    model = spm_engine.model
+    params = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, min_p=0.0, seed=11)
+    req = GenerationRequest(model.tokenize(PROMPTS[3]), params, max_tokens=96, ignore_eos=True)
+    reference = "".join(o.text for o in spm_engine.submit(req))
+    assert len(reference) > 96
+    for switch_after in (0, 1, 7, 40, 95, 96):
+        handle = spm_engine.submit(req)
+        head = [handle.next().text for _ in range(switch_after)]
+        assert "".join(head) + handle.text() == reference, switch_after
+        assert handle.result.completion_tokens == 96
+
 def test_random_bytes_model_produces_replacement_characters(model_path):
     """The tiny model emits byte tokens freely: some are invalid UTF-8 and must become U+FFFD."""
     with Model(model_path("tiny")) as model, Engine(model, EngineConfig(ctx_size=1024, parallel=1)) as engine:

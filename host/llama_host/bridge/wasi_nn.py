@@ -206,12 +206,14 @@ class NnSession:
         if ctx.metadata.get("embedding"):
             return self._embed(ctx)
         handle = self._submit(ctx)
-        echo = self.stream_stdout if ctx.metadata.get("stream-stdout") else None
-        for out in handle:
-            piece = out.text.encode()
-            ctx.output += piece
-            if echo and piece:
-                echo(piece)
+        if self.stream_stdout is not None and ctx.metadata.get("stream-stdout"):
+            for out in handle:
+                piece = out.text.encode()
+                ctx.output += piece
+                if piece:
+                    self.stream_stdout(piece)
+        else:
+            ctx.output += handle.text().encode()  # woken once, at the end
         return self._finished(ctx, handle.result, single=False)
 
     def compute_single(self, mem: GuestMemory, ctx_id: int) -> Errno:

@@ -61,6 +61,7 @@ class RequestHandle:
         self.submitted = time.monotonic()
         self.result: Result | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._collected: list[str] | None = None  # set by text(): outputs gather here, unsignalled
         self._cancelled = threading.Event()
         self._sampler = None  # built at submit, owned by the engine
 
@@ -80,8 +81,13 @@ class RequestHandle:
         return item
 
     def text(self) -> str:
-        """Wait for the end and return the whole text."""
-        return "".join(out.text for out in self)
+        """Wait for the end and return the whole text. From here on the engine appends each
+        token's text to a list instead of waking this thread for it: one wake-up per request,
+        not per token. Outputs queued before the switch still come first: the engine emits
+        from one thread, so everything it queued precedes everything it collected."""
+        self._collected = collected = []
+        head = [out.text for out in self]
+        return "".join(head) + "".join(collected)
 
     def cancel(self) -> None:
         """Stop generating; the engine frees the sequence at its next step."""
@@ -94,7 +100,10 @@ class RequestHandle:
     # --- engine side ------------------------------------------------------------------------
 
     def _emit(self, output: TokenOutput) -> None:
-        self._queue.put(output)
+        if self._collected is not None:
+            self._collected.append(output.text)
+        else:
+            self._queue.put(output)
 
     def _finish(self, result: Result) -> None:
         self.result = result
