@@ -11,7 +11,8 @@ per preset; the rest of the file is kept). Needs bench/setup.sh first.
 
 Scenarios (lengths are equal everywhere: ``ignore_eos`` for llama-host and llama-server, the EOS
 token banned through ``logit_bias`` for llama-cpp-python's server, which has no ``ignore_eos``):
-  decode      single-stream decode tok/s, 128 tokens (streamed: first to last token)
+  decode      single-stream decode tok/s, 128 tokens (streamed: first to last token; 3x the
+              repeats, with the spread of the per-round llama-host/llama-server ratios)
   ttft        time to first token of a 512-token prompt (streamed; a fresh prompt every time)
   multiturn   second-turn TTFT of a chat whose first turn is in the prefix cache
   aggregate   tok/s of N concurrent 128-token requests, N = 1, 2, 4, 8, servers at --parallel N
@@ -52,6 +53,7 @@ LOGS = OUT / "logs"
 HOST, SERVER, LCP = "llama-host", "llama-server", "llama-cpp-python"
 THREADS = 2
 BATCH = 512
+DECODE_ROUNDS = 3  # single-stream decode runs this many times --repeats rounds
 CTX = 1024  # context per sequence (llama-host: --ctx-size; llama-server: -c CTX*N with -np N)
 
 WORDS = (
@@ -316,6 +318,7 @@ class Results:
     ttft_tokens: int
     levels: list[int]
     decode: dict = field(default_factory=dict)  # kind -> tok/s
+    decode_pairs: list = field(default_factory=list)  # per round: llama-host / llama-server tok/s
     ttft: dict = field(default_factory=dict)  # kind -> s
     turn2: dict = field(default_factory=dict)  # kind -> s
     turn1: dict = field(default_factory=dict)  # kind -> s (for reference: the cold TTFT)
@@ -358,14 +361,18 @@ def scenario_single(res: Results, srv: dict, vocab: Vocab, scenarios: set[str]) 
     kinds = list(srv)
     n = res.tokens
     if "decode" in scenarios:
-        log(f"decode: {n} tokens, single stream, {res.repeats} repeats")
+        # The cheapest scenario and the one whose target is tightest: more rounds, and the
+        # llama-host/llama-server ratio of each round kept, so its spread can be shown.
+        rounds = res.repeats * DECODE_ROUNDS
+        log(f"decode: {n} tokens, single stream, {rounds} rounds")
         samples = {k: [] for k in kinds}
-        for _, order in rotations(kinds, res.repeats):
+        for _, order in rotations(kinds, rounds):
             for k in order:
                 r = srv[k].complete("Once upon a time, in a small village by the sea,", n, stream=True)
                 check_len(res, k, r, n, "decode")
                 samples[k].append((n - 1) / (r.t_end - r.t_first))
         res.decode = {k: median(v) for k, v in samples.items()}
+        res.decode_pairs = [h / s for h, s in zip(samples[HOST], samples[SERVER])]
         log("  " + ", ".join(f"{k} {v:.1f} tok/s" for k, v in res.decode.items()))
     kinds2 = [k for k in kinds if k != LCP]  # these two are against llama-server only
     if "ttft" in scenarios:
@@ -573,6 +580,10 @@ def build_rows(res: Results) -> list[tuple]:
     ratio_row(rows, f"decode tok/s, 1 stream, {res.tokens} tok vs llama-server", d.get(HOST), d.get(SERVER),
               "",
               "{:.1f}", 0.95)
+    if res.decode_pairs:
+        q = statistics.quantiles(res.decode_pairs, n=4) if len(res.decode_pairs) > 1 else [res.decode_pairs[0]] * 3
+        rows.append((f"decode, the ratio of each of {len(res.decode_pairs)} A/B rounds: median (quartiles)", "", "",
+                     f"{q[1]:.2f}x ({q[0]:.2f}-{q[2]:.2f})", ""))
     ratio_row(rows, f"decode tok/s vs llama-bench tg{res.tokens}", d.get(HOST), res.llama_bench, "", "{:.1f}")
     ratio_row(rows, "decode tok/s vs llama-cpp-python server", d.get(HOST), d.get(LCP), "", "{:.1f}")
     if res.ttft:
