@@ -242,6 +242,59 @@ def test_bad_bodies(server, body, status, words):
     assert server.healthy()
 
 
+def raw_http(server, *parts: bytes) -> bytes:
+    """Send ``parts`` one by one on a fresh connection and return everything the server answers."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        try:
+            for part in parts:
+                s.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused mid-upload: the answer is already waiting
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
+HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize("parts", [
+    [HEAD + b"X-Big: " + b"a" * 100_000 + b"\r\n\r\n{}"],  # one huge header
+    [HEAD] + [b"X-%d: %s\r\n" % (i, b"b" * 1000) for i in range(100)] + [b"\r\n{}"],  # many, sent one by one
+    [b"GET /health?" + b"q" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"],  # a huge request line
+    [HEAD + b"X-Endless: " + b"c" * 1_000_000],  # a head that never ends
+], ids=["one-header", "many-headers", "request-line", "endless"])
+def test_oversized_request_head_is_431_and_bounded(server, parts):
+    answer = raw_http(server, *parts)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431 "), answer[:200]
+    error = json.loads(body)["error"]
+    assert error["code"] == "request_headers_too_large" and "65536 bytes" in error["message"]
+    assert server.healthy()
+
+
+def test_request_heads_under_the_bound_and_large_bodies_pass(server):
+    # 60 KB of headers is fine; so is a 1 MB body (it is not head), here refused for its content.
+    headers = b"".join(b"X-%d: %s\r\n" % (i, b"h" * 1000) for i in range(60))
+    answer = raw_http(server, b"GET /health HTTP/1.1\r\nHost: x\r\n" + headers + b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    body = b" " * 1_000_000 + b'{"messages": 5}'
+    answer = raw_http(server, HEAD + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"must be an array" in answer
+    # Two pipelined requests, the second after a body: both answered.
+    one = b'{"model": "default", "messages": []}'
+    req = HEAD + b"Content-Length: %d\r\n\r\n" % len(one) + one
+    answer = raw_http(server, req + req[:-1].replace(b"Host: x", b"Host: x\r\nConnection: close") + req[-1:])
+    assert answer.count(b"HTTP/1.1 400 ") == 2
+
+
+def test_malformed_request_line_is_400_and_the_server_goes_on(server):
+    assert raw_http(server, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert raw_http(server, HEAD + b"Content-Length: abc\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert server.healthy()
+
+
 def test_unknown_route_and_method(server):
     r = httpx.get(server.url + "/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

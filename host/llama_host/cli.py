@@ -20,6 +20,7 @@ from llama_host import config as config_file
 from llama_host.bridge.runner import RunnerConfig
 from llama_host.engine.engine import EngineConfig
 from llama_host.engine.model import Target
+from llama_host.http_protocol import BoundedHttpToolsProtocol
 from llama_host.preload import Preload, PreloadError, parse_preloads
 from llama_host.registry import ModelRegistry
 from llama_host.server import Settings, State, create_app
@@ -165,7 +166,7 @@ def serve(
     app = create_app(State(settings, load))
     log.info("llama-host %s listening on http://%s:%d", __version__, host, bound_port)
     config = uvicorn.Config(app, host=host, port=bound_port, log_level=log_level.lower(), timeout_graceful_shutdown=10,
-                            access_log=level <= logging.DEBUG)
+                            access_log=level <= logging.DEBUG, http=BoundedHttpToolsProtocol)
     _Server(config).run()
 
 

@@ -20,6 +20,7 @@ class ErrorKind(enum.Enum):
     NOT_FOUND = ("invalid_request_error", 404, "not_found")
     METHOD_NOT_ALLOWED = ("invalid_request_error", 405, "method_not_allowed")
     BODY_TOO_LARGE = ("invalid_request_error", 413, "request_too_large")
+    HEADERS_TOO_LARGE = ("invalid_request_error", 431, "request_headers_too_large")
     QUEUE_FULL = ("server_error", 503, "queue_full")
     UNAVAILABLE = ("server_error", 503, "unavailable")
     INTERNAL = ("server_error", 500, None)

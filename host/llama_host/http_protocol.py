@@ -1,0 +1,89 @@
+"""uvicorn's httptools protocol with a bound on the request head.
+
+httptools parses in C and is what makes streaming cheap (README, Benchmarks), but unlike h11 (16
+KiB) it accepts a request line and headers of any size: one client could make the server buffer
+hundreds of megabytes before any route sees the request. Past ``MAX_HEAD_BYTES`` this answers
+431 with an OpenAI error and closes the connection.
+"""
+
+from __future__ import annotations
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from llama_host.errors import ErrorKind, error_body
+
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers; browsers send a few KiB
+LINGER_S = 2.0  # after refusing: how long the rest of the upload is read and dropped
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback: httptools stops and uvicorn answers through send_400_response."""
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    # Two counts, because httptools hands over a header only once its value has ended:
+    _parsed = 0  # bytes of request line and headers the parser has handed over (exact)
+    _unparsed = 0  # bytes read while a head stayed incomplete (a header that never ends)
+    _in_head = True  # between the end of a request and the end of the next one's head
+    _heads = 0  # heads completed on this connection
+    _refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering after the 431 (see _refuse): dropped unparsed
+        heads = self._heads
+        super().data_received(data)
+        # Only reads that completed no head are counted: the others may hold body bytes.
+        if self._in_head and self._heads == heads and not self.transport.is_closing():
+            self._unparsed += len(data)
+            if self._unparsed > MAX_HEAD_BYTES:
+                self._refuse()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._parsed = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head, self._unparsed, self._heads = False, 0, self._heads + 1
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_head = True
+
+    def send_400_response(self, msg: str) -> None:
+        if self._parsed > MAX_HEAD_BYTES:  # the parser stopped at _count's exception
+            self._refuse()
+        else:
+            super().send_400_response(msg)
+
+    def _count(self, n: int) -> None:
+        self._parsed += n
+        if self._parsed > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+
+    def _refuse(self) -> None:
+        body = orjson.dumps(error_body(
+            ErrorKind.HEADERS_TOO_LARGE, f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes"
+        ))
+        self.logger.warning("refused a request whose head is larger than %d bytes", MAX_HEAD_BYTES)
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        # Closing with the client's upload still arriving would reset the connection, and the
+        # client would see that instead of the 431: end our side, drop what still comes for a
+        # while, then close.
+        self._refused = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
