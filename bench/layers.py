@@ -48,16 +48,29 @@ def free_port() -> int:
 def engine_rate(registry: ModelRegistry, n: int) -> float:
     served = registry.get("default")
     handle = served.engine.submit(GenerationRequest(served.model.tokenize(PROMPT), max_tokens=n, ignore_eos=True))
-    times = [time.perf_counter() for _ in handle]
-    return (n - 1) / (times[n - 1] - times[0])
+    return rate([time.perf_counter() for out in handle if out.text])
+
+
+def has_text(event: bytes | str) -> bool:
+    """A completion chunk that carries generated text (not the final or the usage chunk)."""
+    return event[:1] in ("{", b"{") and any(c.get("text") for c in json.loads(event).get("choices", []))
+
+
+def rate(times: list[float]) -> float:
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 def guest_rate(serving: Serving, n: int) -> float:
     times: list[float] = []
     body = json.dumps({"model": "default", "prompt": PROMPT, "max_tokens": n, "temperature": 0,
                        "ignore_eos": True, "stream": True}).encode()
-    serving.call("complete", body, lambda event: times.append(time.perf_counter()))
-    return (n - 1) / (times[n - 1] - times[0])
+    def on_event(event: bytes) -> bool:
+        if has_text(event):
+            times.append(time.perf_counter())
+        return True  # False would mean the reader is gone: the guest would stop
+
+    serving.call("complete", body, on_event)
+    return rate(times)
 
 
 def http_rate(client: httpx.Client, port: int, n: int) -> float:
@@ -66,9 +79,9 @@ def http_rate(client: httpx.Client, port: int, n: int) -> float:
     times = []
     with client.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body) as r:
         for line in r.iter_lines():
-            if line.startswith("data: {") and '"text"' in line:
+            if line.startswith("data: ") and has_text(line[6:]):
                 times.append(time.perf_counter())
-    return (len(times) - 1) / (times[-1] - times[0])
+    return rate(times)
 
 
 def start(argv: list[str], port: int) -> subprocess.Popen:
