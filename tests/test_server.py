@@ -289,9 +289,13 @@ def test_request_heads_under_the_bound_and_large_bodies_pass(server):
     assert answer.count(b"HTTP/1.1 400 ") == 2
 
 
-def test_malformed_request_line_is_400_and_the_server_goes_on(server):
-    assert raw_http(server, b"GARBAGE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
-    assert raw_http(server, HEAD + b"Content-Length: abc\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+@pytest.mark.parametrize("raw", [b"GARBAGE\r\n\r\n", HEAD + b"Content-Length: abc\r\n\r\n",
+                                 b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"], ids=range(3))
+def test_malformed_http_is_an_openai_400_and_the_server_goes_on(server, raw):
+    head, _, body = raw_http(server, raw).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request") and b"content-type: application/json" in head
+    assert json.loads(body)["error"] == {"message": "the request is not valid HTTP/1.1",
+                                         "type": "invalid_request_error", "param": None, "code": None}
     assert server.healthy()
 
 

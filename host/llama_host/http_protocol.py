@@ -1,12 +1,15 @@
-"""uvicorn's httptools protocol with a bound on the request head.
+"""uvicorn's httptools protocol with a bound on the request head and OpenAI-shaped refusals.
 
 httptools parses in C and is what makes streaming cheap (README, Benchmarks), but unlike h11 (16
 KiB) it accepts a request line and headers of any size: one client could make the server buffer
 hundreds of megabytes before any route sees the request. Past ``MAX_HEAD_BYTES`` this answers
-431 with an OpenAI error and closes the connection.
+431; a request that is not valid HTTP gets 400 (uvicorn answers that in plain text). Both are
+OpenAI error objects, and the connection closes.
 """
 
 from __future__ import annotations
+
+import http
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -31,14 +34,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
-            return  # lingering after the 431 (see _refuse): dropped unparsed
+            return  # lingering after a refusal (see _refuse): dropped unparsed
         heads = self._heads
         super().data_received(data)
         # Only reads that completed no head are counted: the others may hold body bytes.
         if self._in_head and self._heads == heads and not self.transport.is_closing():
             self._unparsed += len(data)
             if self._unparsed > MAX_HEAD_BYTES:
-                self._refuse()
+                self._refuse_head()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -61,27 +64,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
 
     def send_400_response(self, msg: str) -> None:
-        if self._parsed > MAX_HEAD_BYTES:  # the parser stopped at _count's exception
-            self._refuse()
+        """uvicorn's answer to anything httptools refuses, _count's exception included."""
+        if self._parsed > MAX_HEAD_BYTES:
+            self._refuse_head()
         else:
-            super().send_400_response(msg)
+            self._refuse(ErrorKind.INVALID_REQUEST, "the request is not valid HTTP/1.1")
 
     def _count(self, n: int) -> None:
         self._parsed += n
         if self._parsed > MAX_HEAD_BYTES:
             raise _HeadTooLarge
 
-    def _refuse(self) -> None:
-        body = orjson.dumps(error_body(
-            ErrorKind.HEADERS_TOO_LARGE, f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes"
-        ))
-        self.logger.warning("refused a request whose head is larger than %d bytes", MAX_HEAD_BYTES)
+    def _refuse_head(self) -> None:
+        self._refuse(ErrorKind.HEADERS_TOO_LARGE, f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes")
+
+    def _refuse(self, kind: ErrorKind, message: str) -> None:
+        self.logger.warning("refused a request: %s", message)
+        body = orjson.dumps(error_body(kind, message))
+        status = http.HTTPStatus(kind.http_status)
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status.value, status.phrase.encode(), len(body), body)
         )
         # Closing with the client's upload still arriving would reset the connection, and the
-        # client would see that instead of the 431: end our side, drop what still comes for a
+        # client would see that instead of the answer: end our side, drop what still comes for a
         # while, then close.
         self._refused = True
         if self.transport.can_write_eof():
