@@ -35,10 +35,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering after a refusal (see _refuse): dropped unparsed
-        heads = self._heads
+        in_head, heads = self._in_head, self._heads
         super().data_received(data)
-        # Only reads that completed no head are counted: the others may hold body bytes.
-        if self._in_head and self._heads == heads and not self.transport.is_closing():
+        if self._refused or self.transport.is_closing():
+            return
+        # Counted: reads that began and ended inside a head and completed none, so hold no body.
+        if in_head and self._in_head and self._heads == heads:
             self._unparsed += len(data)
             if self._unparsed > MAX_HEAD_BYTES:
                 self._refuse_head()
