@@ -64,6 +64,7 @@ def guest_rate(serving: Serving, n: int) -> float:
     times: list[float] = []
     body = json.dumps({"model": "default", "prompt": PROMPT, "max_tokens": n, "temperature": 0,
                        "ignore_eos": True, "stream": True}).encode()
+
     def on_event(event: bytes) -> bool:
         if has_text(event):
             times.append(time.perf_counter())
