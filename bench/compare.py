@@ -55,6 +55,7 @@ THREADS = 2
 BATCH = 512
 DECODE_ROUNDS = 3  # single-stream decode runs this many times --repeats rounds
 CTX = 1024  # context per sequence (llama-host: --ctx-size; llama-server: -c CTX*N with -np N)
+DECODE_PROMPT = "Once upon a time, in a small village by the sea,"
 
 WORDS = (
     "the of and to in is was for on that with as by at from his her an which have are this "
@@ -368,7 +369,7 @@ def scenario_single(res: Results, srv: dict, vocab: Vocab, scenarios: set[str]) 
         samples = {k: [] for k in kinds}
         for _, order in rotations(kinds, rounds):
             for k in order:
-                r = srv[k].complete("Once upon a time, in a small village by the sea,", n, stream=True)
+                r = srv[k].complete(DECODE_PROMPT, n, stream=True)
                 check_len(res, k, r, n, "decode")
                 samples[k].append((n - 1) / (r.t_end - r.t_first))
         res.decode = {k: median(v) for k, v in samples.items()}

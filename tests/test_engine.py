@@ -300,7 +300,6 @@ def test_streamed_pieces_equal_the_full_text_and_are_valid_utf8(engine_and_model
         assert text == raw.decode("utf-8", "replace")
 
 
-
 def test_switching_from_streaming_to_text_keeps_every_piece_in_order(spm_engine):
     # text() stops the per-token wake-ups mid-request: what was queued before the switch and
     # what the engine collects after it must join up exactly, wherever the switch falls.
@@ -314,6 +313,7 @@ def test_switching_from_streaming_to_text_keeps_every_piece_in_order(spm_engine)
         head = [handle.next().text for _ in range(switch_after)]
         assert "".join(head) + handle.text() == reference, switch_after
         assert handle.result.completion_tokens == 96
+
 
 def test_random_bytes_model_produces_replacement_characters(model_path):
     """The tiny model emits byte tokens freely: some are invalid UTF-8 and must become U+FFFD."""

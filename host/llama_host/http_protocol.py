@@ -39,8 +39,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().data_received(data)
         if self._refused or self.transport.is_closing():
             return
-        # Counted: reads that began and ended inside a head and completed none, so hold no body.
-        if in_head and self._in_head and self._heads == heads:
+        # Counted: reads that began inside a head and completed none, so hold no body.
+        if in_head and self._heads == heads:
             self._unparsed += len(data)
             if self._unparsed > MAX_HEAD_BYTES:
                 self._refuse_head()
