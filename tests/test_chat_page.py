@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from test_server import Server
+from live import Server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None,

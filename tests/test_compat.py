@@ -8,7 +8,7 @@ import httpx
 import pytest
 import requests
 
-from test_server import Server
+from live import Server
 
 
 @pytest.fixture(scope="module")

@@ -65,3 +65,14 @@ def test_not_a_wasm_module(tmp_path):
     bad.write_bytes(b"\0asm garbage")
     proc = llama_run(str(bad))
     assert proc.returncode == 2 and "not a valid WebAssembly module" in proc.stderr.decode()
+
+
+def test_dir_preopens_a_host_folder(tmp_path):
+    """LlamaEdge's examples all run with --dir .:. ; the guest reads a file through it."""
+    (tmp_path / "prompt.txt").write_text("a file from the host folder\n")
+    wasm = tmp_path / "cat.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm((GUEST.parent / "cat.wat").read_text()))
+    proc = llama_run("--dir", f"{tmp_path}:.", str(wasm))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode() == "a file from the host folder\n"
+    assert llama_run(str(wasm)).returncode == 1  # without --dir there is nothing to open

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 
@@ -83,7 +85,7 @@ def test_missing_file(tmp_path):
 def test_corrupt_gguf_is_a_clean_error(model_path, tmp_path, damage):
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(damage(model_path("tiny").read_bytes()))
-    with pytest.raises(ModelLoadError, match="could not load"):
+    with pytest.raises(ModelLoadError, match="cannot load"):
         Model(bad)
 
 
@@ -92,18 +94,43 @@ def test_amx_probe_gives_a_verdict():
     assert amx.amx_state() in set(amx.AmxState)
 
 
-def test_extra_buffer_types_off_only_when_amx_is_built_in_and_faults(monkeypatch):
-    states = {"faulting": amx.AmxState.FAULTING, "usable": amx.AmxState.USABLE}
+def test_extra_buffer_types_off_only_when_amx_is_built_in_and_its_code_faults(monkeypatch):
+    states = {"faulting": amx.LibraryState.FAULTING, "works": amx.LibraryState.WORKS}
     for built, state, expected in [
         ("1", "faulting", False),
-        ("1", "usable", True),
+        ("1", "works", True),
         ("0", "faulting", True),
         (None, "faulting", True),
     ]:
         features = {} if built is None else {"AMX_INT8": built}
         monkeypatch.setattr(lib, "system_features", lambda f=features: f)
-        monkeypatch.setattr(model_mod, "amx_state", lambda s=states[state]: s)
+        monkeypatch.setattr(model_mod, "library_state", lambda s=states[state]: s)
+        model_mod._extra_buffer_types_safe.cache_clear()
         assert model_mod._extra_buffer_types_safe() is expected
+    model_mod._extra_buffer_types_safe.cache_clear()
+
+
+def test_library_probe_runs_the_installed_library_in_a_child():
+    """The verdict comes from decoding with the built library, not from what the CPU says."""
+    amx.library_state.cache_clear()
+    assert amx.library_state() is amx.LibraryState.WORKS  # the suite itself runs on this library
+    child = subprocess.run([sys.executable, amx.__file__, "--library"], capture_output=True, text=True)
+    assert (child.returncode, child.stdout.strip()) == (0, "works")
+
+
+@pytest.mark.parametrize("code,state", [
+    ("pass", amx.LibraryState.WORKS),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGILL)", amx.LibraryState.FAULTING),
+    ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", amx.LibraryState.FAULTING),
+    ("import os; os.abort()", amx.LibraryState.FAULTING),
+])
+def test_a_probe_child_killed_by_a_fault_is_faulting(code, state):
+    assert amx.verdict(subprocess.run([sys.executable, "-c", code]).returncode) is state
+
+
+def test_a_probe_child_that_fails_otherwise_is_an_error():
+    with pytest.raises(RuntimeError, match="exit status 3"):
+        amx.verdict(subprocess.run([sys.executable, "-c", "raise SystemExit(3)"]).returncode)
 
 
 def test_q4_0_model_decodes(model_path):

@@ -18,50 +18,8 @@ import openai
 import pytest
 
 from jinja_oracle import render_jinja2
+from live import Server
 from llama_host.engine.model import Model
-
-
-class Server:
-    def __init__(self, args: list[str], env: dict | None = None) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_host.cli", "--socket-addr", f"127.0.0.1:{self.port}", "--log-level", "warning",
-             *args],
-            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.proc.stdout.read().decode()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the server did not become healthy")
-            time.sleep(0.1)
-
-    def client(self, **kw) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=kw.pop("api_key", "none"), max_retries=0, **kw)
-
-    def healthy(self) -> bool:
-        return httpx.get(self.url + "/health").status_code == 200
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.output = self.proc.stdout.read().decode()
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")
@@ -326,9 +284,15 @@ def test_api_key_cors_body_limit_and_web_ui(model_path, tmp_path):
         bad = httpx.post(s.url + "/v1/chat/completions", json=body, headers={"Authorization": "Bearer nope"})
         assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
         with pytest.raises(openai.AuthenticationError):
-            s.client(api_key="wrong").models.list()
+            s.client(api_key="wrong").completions.create(model="tiny", prompt="hi", max_tokens=1)
         assert s.client(api_key="s3cret").chat.completions.create(**body).choices[0].message.role == "assistant"
-        assert httpx.get(s.url + "/health").status_code == 200  # not under /v1
+        # Public, as on llama-server: the probes of load balancers and OpenAI clients.
+        assert httpx.get(s.url + "/health").status_code == 200
+        assert [m.id for m in s.client(api_key="wrong").models.list().data] == ["tiny"]
+        # Behind the key: what reaches a model, and the metrics.
+        assert httpx.post(s.url + "/v1/models").status_code == 401
+        assert httpx.get(s.url + "/metrics").status_code == 401
+        assert httpx.get(s.url + "/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert "my chat ui" in httpx.get(s.url + "/").text
         pre = httpx.options(s.url + "/v1/chat/completions", headers={
             "Origin": "https://chat.example", "Access-Control-Request-Method": "POST",

@@ -54,7 +54,7 @@ fn serveChecked(gpa: Allocator, cfg: config.Config, body: []const u8, problem: *
     const format = (try request.string("encoding_format")) orelse "float";
     const base64 = std.mem.eql(u8, format, "base64");
     if (!base64 and !std.mem.eql(u8, format, "float"))
-        return problem.fail("encoding_format", "'encoding_format' must be float or base64, not '{s}'", .{format});
+        return problem.fail("encoding_format", "'encoding_format' must be float or base64, not '{}'", .{fields.echo(format)});
     _ = try request.string("user");
     if (request.get("dimensions") != null) return problem.fail("dimensions", "'dimensions' is not supported: the model's size is used", .{});
 

@@ -53,8 +53,10 @@ pub const Object = struct {
         const n: i64 = switch (v) {
             .integer => |i| i,
             // 3.0 is accepted as 3, as Python's json-based servers do
-            .float => |f| if (@floor(f) == f and @abs(f) < 1e15) @intFromFloat(f) else return self.wrong(name, "an integer", v),
-            .number_string => return self.problem.fail(try self.param(name), "'{s}' is out of range ({d} to {d})", .{ try self.param(name), min, max }),
+            .float => |f| if (@floor(f) != f)
+                return self.wrong(name, "an integer", v)
+            else if (@abs(f) < 1e15) @intFromFloat(f) else return self.outOfRange(name, min, max),
+            .number_string => return self.outOfRange(name, min, max),
             else => return self.wrong(name, "an integer", v),
         };
         if (n < min or n > max)
@@ -62,11 +64,17 @@ pub const Object = struct {
         return n;
     }
 
+    fn outOfRange(self: Object, name: []const u8, min: i64, max: i64) Invalid {
+        return self.problem.fail(try self.param(name), "'{s}' is out of range ({d} to {d})", .{ try self.param(name), min, max });
+    }
+
     pub fn number(self: Object, name: []const u8, min: f64, max: f64) Invalid!?f64 {
         const v = self.get(name) orelse return null;
         const x: f64 = switch (v) {
             .integer => |i| @floatFromInt(i),
             .float => |f| f,
+            // std.json keeps a number past f64 (1e400) as its text
+            .number_string => |text| return self.problem.fail(try self.param(name), "'{s}' must be between {d} and {d}, got {}", .{ try self.param(name), min, max, echo(text) }),
             else => return self.wrong(name, "a number", v),
         };
         if (!(x >= min and x <= max))
@@ -83,6 +91,32 @@ pub const Object = struct {
     pub fn array(self: Object, name: []const u8) Invalid!?[]Value {
         const v = self.get(name) orelse return null;
         return if (v == .array) v.array.items else self.wrong(name, "an array", v);
+    }
+};
+
+/// How much of a request value an error message quotes: a 5 MB model name must not give a 5 MB
+/// error. Characters, not bytes, so a cut never splits one.
+pub const echo_max = 100;
+
+/// A request value quoted in an error message, format it with `{}`: its first `echo_max`
+/// characters, then `…` when there were more.
+pub fn echo(text: []const u8) Echo {
+    return .{ .text = text };
+}
+
+pub const Echo = struct {
+    text: []const u8,
+
+    pub fn format(self: Echo, comptime _: []const u8, _: std.fmt.FormatOptions, writer: anytype) !void {
+        const s = self.text;
+        var i: usize = 0;
+        var n: usize = 0;
+        while (i < s.len and n < echo_max) : (n += 1) {
+            const len = std.unicode.utf8ByteSequenceLength(s[i]) catch 1;
+            i = @min(s.len, i + len);
+        }
+        try writer.writeAll(s[0..i]);
+        if (i < s.len) try writer.writeAll("…");
     }
 };
 
@@ -112,9 +146,20 @@ pub fn parseBody(gpa: std.mem.Allocator, body: []const u8, problem: *Problem) In
         .duplicate_field_behavior = .use_last,
         .max_value_len = body.len,
     }) catch |err| switch (err) {
-        error.OutOfMemory => return error.OutOfMemory,
+        // A body within the host's size limit can still hold millions of tiny values; that is
+        // the request's doing (a 400), and the message must not need memory.
+        error.OutOfMemory => {
+            problem.param = null;
+            problem.message = "the request body holds more JSON values than the guest has memory to parse";
+            return error.Invalid;
+        },
         else => return problem.fail(null, "the request body is not valid JSON ({s} at line {d}, column {d})", .{
-            describe(err), diagnostics.getLine(), diagnostics.getColumn(),
+            if (err == error.SyntaxError and surrogateNear(body, diagnostics.getByteOffset()))
+                "an unpaired UTF-16 surrogate in a \\u escape"
+            else
+                describe(err),
+            diagnostics.getLine(),
+            diagnostics.getColumn(),
         }),
     };
     if (value != .object) return problem.fail(null, "the request body must be a JSON object, not {s}", .{typeName(value)});
@@ -128,6 +173,32 @@ fn describe(err: anyerror) []const u8 {
         error.BufferUnderrun, error.ValueTooLong => "value too long",
         else => @errorName(err),
     };
+}
+
+/// Whether an unpaired `\uD800`-`\uDFFF` escape ends just before `offset` (where the scanner
+/// stopped): std.json refuses unpaired surrogates as a plain syntax error.
+fn surrogateNear(body: []const u8, offset: u64) bool {
+    const end: usize = @intCast(@min(offset + 1, body.len));
+    var i: usize = end -| 12;
+    while (i + 6 <= end) : (i += 1) {
+        const unit = escapeAt(body, i) orelse continue;
+        if (unit >= 0xd800 and unit <= 0xdbff) { // high: paired when a low one follows
+            const next = escapeAt(body, i + 6) orelse return true;
+            if (next < 0xdc00 or next > 0xdfff) return true;
+            i += 11;
+        } else if (unit >= 0xdc00 and unit <= 0xdfff) { // low: paired when it follows a high one
+            const prev = if (i >= 6) escapeAt(body, i - 6) else null;
+            if (prev == null or prev.? < 0xd800 or prev.? > 0xdbff) return true;
+        }
+    }
+    return false;
+}
+
+/// The code unit of a `\uXXXX` escape at `body[i]`.
+fn escapeAt(body: []const u8, i: usize) ?u16 {
+    if (i + 6 > body.len or body[i] != '\\' or body[i + 1] != 'u') return null;
+    for (body[i + 2 .. i + 6]) |c| if (!std.ascii.isHex(c)) return null;
+    return std.fmt.parseInt(u16, body[i + 2 .. i + 6], 16) catch null;
 }
 
 /// The deepest nesting of arrays and objects, counted without parsing (strings skipped).

@@ -10,10 +10,15 @@ const eval = @import("jinja/eval.zig");
 const value = @import("jinja/value.zig");
 
 pub const Limits = struct {
-    max_output: usize = 4 << 20, // bytes of rendered text
+    max_output: usize = 4 << 20, // bytes of rendered text (and of any one string a template builds)
     max_steps: usize = 1_000_000, // loop iterations and macro calls
     max_depth: usize = 64, // nesting of calls and expressions
+    max_items: usize = 1_000_000, // items of any one list a template builds
 };
+
+/// The message of a render that ran out of the guest's memory (static: nothing is left to
+/// allocate a message with).
+pub const out_of_memory_message = "the template needs more memory than the guest may use";
 
 pub const Options = struct {
     limits: Limits = .{},
@@ -26,13 +31,25 @@ pub const Diagnostic = struct {
     message: []const u8 = "",
 };
 
-pub const Error = error{ OutOfMemory, TemplateError };
+pub const Error = error{TemplateError};
 
 /// Renders `source` with the variables of `context` (a JSON object). Returns text allocated in
 /// `gpa` (an arena is expected: intermediate values are not freed one by one). On
 /// error.TemplateError, `diag.message` says why (a parse error with its line, an undefined
-/// variable, `raise_exception`'s message, an exceeded limit).
+/// variable, `raise_exception`'s message, an exceeded limit). Running out of memory is a
+/// template error too (`out_of_memory_message`): the template asked for it, and no arithmetic
+/// or size a template computes may trap.
 pub fn render(gpa: std.mem.Allocator, source: []const u8, context: std.json.Value, options: Options, diag: *Diagnostic) Error![]u8 {
+    return renderOrFail(gpa, source, context, options, diag) catch |err| switch (err) {
+        error.TemplateError => error.TemplateError,
+        error.OutOfMemory => {
+            diag.message = out_of_memory_message;
+            return error.TemplateError;
+        },
+    };
+}
+
+fn renderOrFail(gpa: std.mem.Allocator, source: []const u8, context: std.json.Value, options: Options, diag: *Diagnostic) error{ OutOfMemory, TemplateError }![]u8 {
     var failure: lexer.Failure = .{};
     const nodes = parser.parse(gpa, source, options.limits.max_depth, &failure) catch |err| switch (err) {
         error.OutOfMemory => return error.OutOfMemory,
@@ -44,7 +61,12 @@ pub fn render(gpa: std.mem.Allocator, source: []const u8, context: std.json.Valu
     var out: std.ArrayListUnmanaged(u8) = .{};
     var in = eval.Interp{
         .gpa = gpa,
-        .limits = .{ .max_output = options.limits.max_output, .max_steps = options.limits.max_steps, .max_depth = options.limits.max_depth },
+        .limits = .{
+            .max_output = options.limits.max_output,
+            .max_steps = options.limits.max_steps,
+            .max_depth = options.limits.max_depth,
+            .max_items = options.limits.max_items,
+        },
         .now = options.now,
         .out = &out,
     };
@@ -114,6 +136,28 @@ test "fails cleanly" {
     try expectFailure("depth", "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", .{});
     try expectFailure("depth", "{{ " ++ "(" ** 10000 ++ "1" ++ ")" ** 10000 ++ " }}", .{});
     try expectFailure("is undefined", "{{ x.y }}", .{});
+}
+
+test "sizes and arithmetic a template computes never trap" {
+    try expectFailure("byte limit", "{{ 'x' * 10**12 }}", .{});
+    try expectFailure("byte limit", "{{ 'x' * 9223372036854775807 }}", .{});
+    try expectFailure("items", "{{ [1, 2] * 10**12 }}", .{});
+    try expectFailure("items", "{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}", .{});
+    try expectFailure("items", "{% set l = [1] %}" ++ "{% set l = l + l %}" ** 40, .{});
+    try expectFailure("items", "{{ ('x' * 2000) | list | length }}", .{ .max_items = 1000 });
+    try expectFailure("byte limit", "{{ 'x' | center(10**12) }}", .{});
+    try expectFailure("byte limit", "{{ 'x'.rjust(10**12) }}{{ 'x'.zfill(10**12) }}", .{});
+    try expectFailure("byte limit", "{{ 'x\ny' | indent(10**12) }}", .{});
+    try expectFailure("byte limit", "{{ [1] | tojson(indent=10**12) }}", .{});
+    try expectFailure("byte limit", "{% set s = 'x' * 1000 %}{{ ([s] * 10000) | tojson }}", .{});
+    try expectFailure("items", "{{ [1] | batch(10**12, 0) | list }}", .{});
+    try expectFailure("overflow", "{{ (-9223372036854775807 - 1) | abs }}", .{});
+    try expectFailure("infinity", "{{ '%d' % (1e308 * 10) }}", .{});
+    try expectFailure("steps", "{{ range(-9223372036854775807 - 1, 9223372036854775807) | length }}", .{});
+    try expectFailure("steps", "{{ range(9223372036854775807, -9223372036854775807 - 1, -1) | length }}", .{});
+    try expectRender("0|-2|1|1", "{{ (-9223372036854775807 - 1) % -1 }}|{{ 7 % -3 }}|{{ (-9223372036854775807 - 1) % 3 }}|{{ 7 % 3 }}", "{}");
+    try expectRender("[2]|[3, 1]|[1]|3|[]", "{{ [1, 2, 3][1::9223372036854775807] }}|{{ [1, 2, 3][::-9223372036854775807 - 1] + [1] }}|{{ [1, 2, 3][-9223372036854775807 - 1:1] }}|{{ [1, 2, 3][-1:9223372036854775807][0] }}|{{ '' * 10**12 }}{{ [] * 10**12 }}", "{}");
+    try expectRender("[[1]]|10000000000000000000", "{{ [1] | batch(10**12) | list }}|{{ '%d' % 1e19 }}", "{}");
 }
 
 test {

@@ -70,10 +70,8 @@ fn renderInline(gpa: std.mem.Allocator, body: []const u8) error{OutOfMemory}!voi
         else => return reply.fail(gpa, .invalid_request, "expected {\"template\": string, \"context\": object, \"now\": integer}", null),
     };
     var diag = jinja.Diagnostic{};
-    const text = jinja.render(gpa, request.template, request.context, .{ .now = request.now }, &diag) catch |err| switch (err) {
-        error.OutOfMemory => return error.OutOfMemory,
-        error.TemplateError => return reply.fail(gpa, .template_error, diag.message, null),
-    };
+    const text = jinja.render(gpa, request.template, request.context, .{ .now = request.now }, &diag) catch
+        return reply.fail(gpa, .template_error, diag.message, null);
     reply.raw(gpa, .body, text) catch |err| switch (err) {
         error.OutOfMemory => return error.OutOfMemory,
         error.ReceiverGone => {},

@@ -95,7 +95,7 @@ pub fn findModel(gpa: Allocator, cfg: config.Config, id: ?[]const u8, failure: *
         }
         failure.* = .{
             .kind = .model_not_found,
-            .message = try std.fmt.allocPrint(gpa, "the model '{s}' does not exist; available: {s}", .{ id orelse "", names.items }),
+            .message = try std.fmt.allocPrint(gpa, "the model '{}' does not exist; available: {s}", .{ fields.echo(id orelse ""), names.items }),
             .param = "model",
         };
         return error.Failed;
@@ -112,8 +112,11 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
         while (it.next()) |e| try md.put(e.key_ptr.*, e.value_ptr.*);
     };
 
-    const max_name = if (api == .chat and request.get("max_completion_tokens") != null) "max_completion_tokens" else "max_tokens";
-    if (try request.integer(max_name, 0, std.math.maxInt(i32))) |n| try md.put("n-predict", .{ .integer = n });
+    // OpenAI refuses fewer than 1 token; absent or null: the server's default (--n-predict).
+    // Chat takes both names (max_tokens is the older), and the newer wins.
+    const max_tokens = try request.integer("max_tokens", 1, std.math.maxInt(i32));
+    const max_completion_tokens = if (api == .completion) null else try request.integer("max_completion_tokens", 1, std.math.maxInt(i32));
+    if (max_completion_tokens orelse max_tokens) |n| try md.put("n-predict", .{ .integer = n });
     if (try request.number("temperature", 0, 2)) |x| try md.put("temp", .{ .float = x });
     if (try request.number("top_p", 0, 1)) |x| try md.put("top-p", .{ .float = x });
     if (try request.number("min_p", 0, 1)) |x| try md.put("min-p", .{ .float = x });
@@ -167,9 +170,10 @@ fn logitBias(gpa: Allocator, request: Object, md: *std.json.ObjectMap) fields.In
     var out = std.json.ObjectMap.init(gpa);
     var it = bias.map.iterator();
     while (it.next()) |e| {
-        const token = std.fmt.parseInt(u31, e.key_ptr.*, 10) catch
-            return request.problem.fail("logit_bias", "'logit_bias' keys must be token ids, got '{s}'", .{e.key_ptr.*});
-        _ = token;
+        // (at most 10 digits: the key is also the param of an error about its value)
+        const key = e.key_ptr.*;
+        _ = (if (key.len <= 10) std.fmt.parseInt(u31, key, 10) catch null else null) orelse
+            return request.problem.fail("logit_bias", "'logit_bias' keys must be token ids, got '{}'", .{fields.echo(key)});
         const x = (try bias.number(e.key_ptr.*, -100, 100)).?;
         try out.put(e.key_ptr.*, .{ .float = x });
     }
@@ -193,7 +197,7 @@ fn responseFormat(gpa: Allocator, request: Object, md: *std.json.ObjectMap) fiel
         try md.put("json-schema", .{ .string = text });
         return;
     }
-    return request.problem.fail("response_format.type", "'response_format.type' must be text, json_object or json_schema, not '{s}'", .{kind});
+    return request.problem.fail("response_format.type", "'response_format.type' must be text, json_object or json_schema, not '{}'", .{fields.echo(kind)});
 }
 
 /// The prompt of a completions request: a string, or a list holding one string.

@@ -51,12 +51,14 @@ pub fn renderChat(gpa: Allocator, model: *const config.Model, info: ModelInfo, r
 
     const source = try templateSource(gpa, model, info, problem);
     var diag = jinja.Diagnostic{};
-    return jinja.render(gpa, source, .{ .object = context }, .{ .now = std.time.timestamp() }, &diag) catch |err| switch (err) {
-        error.OutOfMemory => return error.OutOfMemory,
-        error.TemplateError => {
-            problem.message = try std.fmt.allocPrint(gpa, "the chat template failed: {s}", .{diag.message});
-            return error.Template;
-        },
+    return jinja.render(gpa, source, .{ .object = context }, .{ .now = std.time.timestamp() }, &diag) catch {
+        const prefix = "the chat template failed: ";
+        // after running out of memory, the message must not need any
+        problem.message = if (diag.message.ptr == jinja.out_of_memory_message.ptr)
+            prefix ++ jinja.out_of_memory_message
+        else
+            std.fmt.allocPrint(gpa, prefix ++ "{s}", .{diag.message}) catch diag.message;
+        return error.Template;
     };
 }
 
@@ -69,7 +71,7 @@ fn normalize(gpa: Allocator, message: Value, index: usize, problem: *fields.Prob
     const role = (try m.string("role")) orelse return problem.fail(try m.param("role"), "'{s}.role' is required", .{path});
     for (roles) |r| {
         if (std.mem.eql(u8, r, role)) break;
-    } else return problem.fail(try m.param("role"), "'{s}.role' must be one of system, user, assistant, tool, developer; got '{s}'", .{ path, role });
+    } else return problem.fail(try m.param("role"), "'{s}.role' must be one of system, user, assistant, tool, developer; got '{}'", .{ path, fields.echo(role) });
     _ = try m.string("name");
     const has_tool_calls = (try m.array("tool_calls")) != null;
 
@@ -92,7 +94,7 @@ fn normalize(gpa: Allocator, message: Value, index: usize, problem: *fields.Prob
                 const p = fields.Object{ .map = part.object, .path = ppath, .problem = problem };
                 const kind = (try p.string("type")) orelse return problem.fail(try p.param("type"), "'{s}.type' is required", .{ppath});
                 if (!std.mem.eql(u8, kind, "text"))
-                    return problem.fail(try p.param("type"), "'{s}.type' is '{s}'; only text parts are supported", .{ ppath, kind });
+                    return problem.fail(try p.param("type"), "'{s}.type' is '{}'; only text parts are supported", .{ ppath, fields.echo(kind) });
                 const t = (try p.string("text")) orelse return problem.fail(try p.param("text"), "'{s}.text' is required", .{ppath});
                 if (j > 0) try text.append('\n'); // as llama-server joins text parts
                 try text.appendSlice(t);

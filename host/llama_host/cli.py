@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -17,12 +18,12 @@ import uvicorn
 
 from llama_host import __version__, modelgen
 from llama_host import config as config_file
-from llama_host.bridge.runner import RunnerConfig
+from llama_host.bridge.runner import GuestLoadError, RunnerConfig
 from llama_host.engine.engine import EngineConfig
 from llama_host.engine.model import Target
 from llama_host.http_protocol import BoundedHttpToolsProtocol
 from llama_host.preload import Preload, PreloadError, parse_preloads
-from llama_host.registry import ModelRegistry
+from llama_host.registry import LoadError, ModelRegistry
 from llama_host.server import Settings, State, create_app
 from llama_host.serving import ModelRoute, Serving, TemplateNotFound, template_names
 from llama_host.vendor import templates_dir
@@ -103,6 +104,12 @@ def serve(
     cors_origins: Annotated[Optional[str], typer.Option(help="Allowed CORS origins, comma-separated ('*' for any).")] = None,
     web_ui: Annotated[Optional[Path], typer.Option(help="Serve this folder's static files at /.")] = None,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (413 past it).")] = 16 << 20,
+    timeout_head: Annotated[float, typer.Option(
+        help="Seconds a client may take to send a request line and headers (408 past it; also an idle new connection).")] = 10.0,
+    timeout_body: Annotated[float, typer.Option(help="Seconds a client may take to send a request body (408 past it).")] = 60.0,
+    timeout_keep_alive: Annotated[float, typer.Option(help="Seconds an idle keep-alive connection stays open.")] = 5.0,
+    shutdown_grace: Annotated[float, typer.Option(
+        help="On SIGTERM/Ctrl-C, seconds running requests get to finish before they end with an error.")] = 10.0,
     queue_size: Annotated[int, typer.Option(help="Requests that may wait for a free sequence (503 past it).")] = 64,
     log_level: Annotated[str, typer.Option(envvar="LLAMA_LOG", help="debug, info, warning or error.")] = "info",
     seed: Annotated[Optional[int], typer.Option(help="Default sampling seed (requests without 'seed').")] = None,
@@ -121,6 +128,10 @@ def serve(
                         ("--threads", threads), ("--max-body-bytes", max_body_bytes)):
         positive(name, value)
     positive("--queue-size", queue_size, 0)
+    for name, seconds in (("--timeout-head", timeout_head), ("--timeout-body", timeout_body),
+                          ("--timeout-keep-alive", timeout_keep_alive), ("--shutdown-grace", shutdown_grace)):
+        if not 0 < seconds <= 86400:
+            raise UsageError(f"{name} must be more than 0 and at most 86400 seconds, not {seconds}")
     positive("--n-predict", n_predict, -1)
     positive("--n-gpu-layers", n_gpu_layers, 0)
     if web_ui is not None and not web_ui.is_dir():
@@ -147,7 +158,37 @@ def serve(
     engine_config = EngineConfig(ctx_size=ctx_size, parallel=parallel, batch_size=batch_size, threads=threads,
                                  queue_size=queue_size)
 
-    def load() -> tuple[ModelRegistry, Serving]:
+    origins = tuple(o.strip() for o in (cors_origins or "").split(",") if o.strip())
+    settings = Settings(api_key=api_key or None, cors_origins=origins, max_body_bytes=max_body_bytes, web_ui=web_ui,
+                        worker_threads=parallel + queue_size + 8,
+                        info={"ctx_size": ctx_size, "batch_size": batch_size, "parallel": parallel,
+                              "queue_size": queue_size, "prompt_template": prompt_template, "defaults": defaults,
+                              "templates": template_names()})
+    registry, serving = _load(preloads, engine_config, n_gpu_layers, routes, defaults)
+    state = State(settings, registry, serving)
+    log.info("llama-host %s listening on http://%s:%d, serving %s", __version__, host, bound_port,
+             ", ".join(r.id for r in routes))
+    protocol = BoundedHttpToolsProtocol.with_timeouts(head=timeout_head, body=timeout_body)
+    config = uvicorn.Config(create_app(state), host=host, port=bound_port, log_level=log_level.lower(),
+                            timeout_graceful_shutdown=shutdown_grace + SHUTDOWN_DRAIN_S,
+                            timeout_keep_alive=timeout_keep_alive, access_log=level <= logging.DEBUG, http=protocol)
+    _Server(config, state, shutdown_grace).run()  # a port it cannot bind: uvicorn logs why and exits 1
+
+
+SHUTDOWN_DRAIN_S = 5.0  # after the shutdown grace, how long the ending errors get to reach their clients
+
+
+class StartError(Exception):
+    """The server cannot start (a model does not load): one line, exit status 1."""
+
+
+def _load(preloads: list[Preload], engine_config: EngineConfig, n_gpu_layers: int | None,
+          routes: list[ModelRoute], defaults: dict) -> tuple[ModelRegistry, Serving]:
+    """Loads every model before the server listens, so a model that cannot be served stops it
+    with one line instead of leaving a server up that answers nothing. SIGTERM or Ctrl-C
+    meanwhile stop it (exit 130)."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
         registry = ModelRegistry.load(preloads, engine_config, n_gpu_layers=n_gpu_layers)
         try:
             serving = Serving(registry, routes, defaults=defaults, runner_config=RunnerConfig(templates_dir=templates_dir()),
@@ -155,24 +196,32 @@ def serve(
         except BaseException:
             registry.close()
             raise
-        return registry, serving
-
-    origins = tuple(o.strip() for o in (cors_origins or "").split(",") if o.strip())
-    settings = Settings(api_key=api_key or None, cors_origins=origins, max_body_bytes=max_body_bytes, web_ui=web_ui,
-                        worker_threads=parallel + queue_size + 8,
-                        info={"ctx_size": ctx_size, "batch_size": batch_size, "parallel": parallel,
-                              "queue_size": queue_size, "prompt_template": prompt_template, "defaults": defaults,
-                              "templates": template_names()})
-    app = create_app(State(settings, load))
-    log.info("llama-host %s listening on http://%s:%d", __version__, host, bound_port)
-    config = uvicorn.Config(app, host=host, port=bound_port, log_level=log_level.lower(), timeout_graceful_shutdown=10,
-                            access_log=level <= logging.DEBUG, http=BoundedHttpToolsProtocol)
-    _Server(config).run()
+    except LoadError as e:
+        raise StartError(str(e)) from None
+    except GuestLoadError as e:
+        raise StartError(f"cannot load the guest: {e}") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return registry, serving
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, except that a SIGTERM/SIGINT that shut it down cleanly ends with exit
-    status 0 (uvicorn re-raises the signal after its graceful shutdown, killing the process)."""
+    """uvicorn's server with llama-host's shutdown: on SIGTERM/SIGINT it stops accepting, lets
+    running requests finish for ``grace`` seconds, then ends the rest with an OpenAI error (a
+    stream: an error event and ``[DONE]``) and exits 0 (uvicorn would cancel them mid-body, then
+    re-raise the signal and so kill the process)."""
+
+    def __init__(self, config: uvicorn.Config, state: State, grace: float) -> None:
+        super().__init__(config)
+        self.state = state
+        self.grace = grace
+
+    async def shutdown(self, sockets=None) -> None:  # noqa: ANN001 - uvicorn's signature
+        deadline = asyncio.get_running_loop().call_later(self.grace, self.state.end_streams)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            deadline.cancel()
 
     @contextlib.contextmanager
     def capture_signals(self):  # noqa: ANN201
@@ -190,12 +239,16 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         command.main(args=argv, prog_name="llama-host", standalone_mode=False, auto_envvar_prefix="LLAMA_HOST")
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
+        print("llama-host: interrupted", file=sys.stderr)
         sys.exit(130)
     except (UsageError, typer.TyperException) as e:
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         print(f"llama-host: error: {message}", file=sys.stderr)
         sys.exit(2)
+    except StartError as e:
+        print(f"llama-host: error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ _MODEL_PARAMS = {"ctx_size": "ctx_size", "n_ctx": "ctx_size", "n_threads": "thre
                  "batch_size": "batch_size", "n_batch": "batch_size", "seed": "seed"}
 
 
+MAX_BYTES = 1 << 20  # a config file is a few lines; refuse to parse a large file given by mistake
+
+
 class ConfigError(ValueError):
     pass
 
@@ -31,11 +34,17 @@ class ConfigError(ValueError):
 def load(path: Path, options: set[str], environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The option defaults the file gives (``options``: the command's parameter names)."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_BYTES:
+            raise ConfigError(f"{path} is larger than {MAX_BYTES} bytes: not a config file")
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}): not a YAML config file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests too deeply to be a config file") from None
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of option names to values")

@@ -19,6 +19,7 @@ class ErrorKind(enum.Enum):
     UNAUTHORIZED = ("invalid_request_error", 401, "invalid_api_key")
     NOT_FOUND = ("invalid_request_error", 404, "not_found")
     METHOD_NOT_ALLOWED = ("invalid_request_error", 405, "method_not_allowed")
+    REQUEST_TIMEOUT = ("invalid_request_error", 408, "request_timeout")
     BODY_TOO_LARGE = ("invalid_request_error", 413, "request_too_large")
     HEADERS_TOO_LARGE = ("invalid_request_error", 431, "request_headers_too_large")
     QUEUE_FULL = ("server_error", 503, "queue_full")

@@ -5,10 +5,16 @@ KiB) it accepts a request line and headers of any size: one client could make th
 hundreds of megabytes before any route sees the request. Past ``MAX_HEAD_BYTES`` this answers
 431; a request that is not valid HTTP gets 400 (uvicorn answers that in plain text). Both are
 OpenAI error objects, and the connection closes.
+
+It also bounds time, which uvicorn leaves open (its only timer is keep-alive, armed after a
+response): a new connection or a request head must arrive within ``timeout_head`` seconds and a
+body within ``timeout_body``, else 408 (a connection that sent nothing just closes). So idle and
+slowloris connections cannot hold file descriptors for ever.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http
 
 import orjson
@@ -31,10 +37,31 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _in_head = True  # between the end of a request and the end of the next one's head
     _heads = 0  # heads completed on this connection
     _refused = False
+    _timer: asyncio.TimerHandle | None = None  # the head's or the body's deadline
+    _head_bytes = 0  # bytes received since the current head began
+    timeout_head = 10.0  # seconds (see with_timeouts)
+    timeout_body = 60.0
+
+    @classmethod
+    def with_timeouts(cls, head: float, body: float) -> type[BoundedHttpToolsProtocol]:
+        """This protocol with other time limits (uvicorn takes a class)."""
+        return type(cls.__name__, (cls,), {"timeout_head": head, "timeout_body": body})
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.timeout_head, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering after a refusal (see _refuse): dropped unparsed
+        if self._in_head:
+            if self._timer is None:  # a new head on a kept-alive connection
+                self._arm(self.timeout_head, self._head_timed_out)
+            self._head_bytes += len(data)
         in_head, heads = self._in_head, self._heads
         super().data_received(data)
         if self._refused or self.transport.is_closing():
@@ -59,11 +86,47 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._unparsed, self._heads = False, 0, self._heads + 1
+        self._head_bytes = 0
+        self._arm(self.timeout_body, self._body_timed_out)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._disarm()
         super().on_message_complete()
         self._in_head = True
+
+    # --- deadlines ----------------------------------------------------------------------------
+
+    def _arm(self, seconds: float, callback) -> None:  # noqa: ANN001
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        if self._refused or self.transport.is_closing() or not self._in_head:
+            return
+        if self._head_bytes == 0:  # idle: nothing to answer
+            self.transport.close()
+            return
+        self._refuse(ErrorKind.REQUEST_TIMEOUT, f"the request line and headers did not arrive within {self.timeout_head:g} s")
+
+    def _body_timed_out(self) -> None:
+        self._timer = None
+        cycle = self.cycle
+        if self._refused or self.transport.is_closing() or cycle is None or not cycle.more_body:
+            return
+        # The route is still reading: it sees a disconnect, and whatever it answers is dropped.
+        cycle.disconnected = True
+        cycle.message_event.set()
+        if cycle.response_started:
+            self.transport.close()
+        else:
+            self._refuse(ErrorKind.REQUEST_TIMEOUT, f"the request body did not arrive within {self.timeout_body:g} s")
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to anything httptools refuses, _count's exception included."""

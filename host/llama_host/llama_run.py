@@ -18,7 +18,7 @@ from pathlib import Path
 from llama_host.bridge.runner import GuestLoadError, GuestRunner, RunnerConfig
 from llama_host.engine import EngineConfig
 from llama_host.preload import PreloadError, parse_preloads
-from llama_host.registry import ModelRegistry
+from llama_host.registry import LoadError, ModelRegistry
 
 
 def _pair(text: str, sep: str, what: str) -> tuple[str, str]:
@@ -58,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     except (PreloadError, OSError) as e:
         print(f"llama-run: error: {e}", file=sys.stderr)
         return 2
-    with ModelRegistry.load(preloads, EngineConfig(ctx_size=args.ctx_size, parallel=1, threads=args.threads)) as registry:
+    try:
+        registry = ModelRegistry.load(preloads, EngineConfig(ctx_size=args.ctx_size, parallel=1, threads=args.threads))
+    except LoadError as e:
+        print(f"llama-run: error: {e}", file=sys.stderr)
+        return 1
+    with registry:
         with GuestRunner(registry, RunnerConfig(deadline=args.deadline, memory_limit=4 << 30)) as runner:
             try:
                 guest = runner.load(wasm)

@@ -7,6 +7,9 @@ import logging
 import threading
 
 from llama_host.engine import Engine, EngineConfig, Model
+from llama_host.engine.context import ContextError
+from llama_host.engine.engine import UnservableConfig
+from llama_host.engine.model import ModelLoadError
 from llama_host.engine.embed import Embedder
 from llama_host.preload import Preload
 from llama_host.resource import Resource
@@ -47,6 +50,15 @@ class ServedModel:
         self.model.close()
 
 
+class LoadError(Exception):
+    """A preload that cannot be served: its file does not load, or its context cannot be made."""
+
+    def __init__(self, preload: Preload, reason: str) -> None:
+        super().__init__(f"cannot load --nn-preload {preload.name!r} ({preload.path}): {reason}")
+        self.preload = preload
+        self.reason = reason
+
+
 class ModelRegistry(Resource):
     def __init__(self, models: list[ServedModel] | None = None) -> None:
         self._models = {m.name: m for m in models or []}
@@ -55,14 +67,21 @@ class ModelRegistry(Resource):
     def load(
         cls, preloads: list[Preload], config: EngineConfig = EngineConfig(), n_gpu_layers: int | None = None
     ) -> ModelRegistry:
-        """``n_gpu_layers`` overrides what each preload's target implies."""
+        """``n_gpu_layers`` overrides what each preload's target implies. A preload that does
+        not load raises :class:`LoadError`, after freeing the ones loaded before it."""
         registry = cls()
         try:
             for p in preloads:
                 log.info("loading %s from %s (target %s)", p.name, p.path, p.target.name)
-                registry._models[p.name] = ServedModel.load(
-                    p.name, p.path, config, target=p.target, n_gpu_layers=n_gpu_layers
-                )
+                try:
+                    served = ServedModel.load(p.name, p.path, config, target=p.target, n_gpu_layers=n_gpu_layers)
+                except ModelLoadError as e:
+                    raise LoadError(p, e.reason) from e
+                except (UnservableConfig, ContextError, OSError) as e:
+                    raise LoadError(p, str(e)) from e
+                except MemoryError:
+                    raise LoadError(p, "out of memory") from None
+                registry._models[p.name] = served
         except BaseException:
             registry.close()
             raise

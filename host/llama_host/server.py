@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import hmac
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llama_host import __version__, compat
 from llama_host.bridge.wasi_nn import LLAMA_BUILD
+from llama_host.engine import Cancellation
 from llama_host.errors import ErrorKind, error_body
 from llama_host.metrics import Metrics
 from llama_host.registry import ModelRegistry
@@ -37,8 +37,11 @@ from llama_host.serving import Reply, Serving
 
 log = logging.getLogger(__name__)
 
-# what an API key guards: everything that reaches a model
-PROTECTED = ("/v1", *(e.path for e in compat.ENDPOINTS))
+# What an API key guards: everything that reaches a model, and /metrics (as llama-server does).
+# Left open, as llama-server leaves them, for the probes of load balancers and OpenAI clients:
+# /health, GET /v1/models, and the chat page (it asks for the key itself).
+PROTECTED = ("/v1", "/metrics", *(e.path for e in compat.ENDPOINTS))
+PUBLIC = {("GET", "/v1/models")}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -53,31 +56,30 @@ class Settings:
 
 
 class State:
-    """What the routes share; ``serving`` is set once the models are loaded."""
+    """What the routes share: the loaded models (the CLI loads them before it serves) and the
+    streams in flight, which a shutdown ends (:meth:`end_streams`)."""
 
-    def __init__(self, settings: Settings, load: Callable[[], tuple[ModelRegistry, Serving]]) -> None:
+    def __init__(self, settings: Settings, registry: ModelRegistry, serving: Serving) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.registry: ModelRegistry | None = None
-        self.serving: Serving | None = None
-        self.load_error: str | None = None
-        self._load = load
+        self.registry = registry
+        self.serving = serving
+        self.metrics.watch(registry)
         self.limiter = anyio.CapacityLimiter(settings.worker_threads)
+        self.replies: set[asyncio.Queue] = set()  # the queue of every request awaiting the guest
 
-    def load(self) -> None:
-        try:
-            self.registry, self.serving = self._load()
-            self.metrics.watch(self.registry)
-            log.info("ready: serving %s", ", ".join(r.id for r in self.serving.routes))
-        except Exception as e:  # reported by /health; the CLI loads before serving, so this is rare
-            log.exception("loading the models failed")
-            self.load_error = str(e)
+    def end_streams(self) -> None:
+        """The shutdown grace is over: every request still running ends now, a stream with a
+        final error event and ``[DONE]``, any other with a 503 (event loop thread only)."""
+        for replies in self.replies:
+            replies.put_nowait(SHUTDOWN)
 
     def close(self) -> None:
-        if self.serving is not None:
-            self.serving.close()
-        if self.registry is not None:
-            self.registry.close()
+        self.serving.close()
+        self.registry.close()
+
+
+SHUTDOWN = object()  # put in a request's queue by State.end_streams
 
 
 def error_response(kind: ErrorKind, message: str, param: str | None = None, headers: dict | None = None) -> Response:
@@ -109,9 +111,6 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def _request_body(request: Request) -> bytes | Response:
     """The body of a request for the guest, or the response refusing it."""
     state: State = request.app.state.llama
-    if state.serving is None:
-        return error_response(ErrorKind.UNAVAILABLE, "the server is still loading its models",
-                              headers={"Retry-After": "1"})
     try:
         return await read_body(request, state.settings.max_body_bytes)
     except RequestTooLarge:
@@ -126,7 +125,7 @@ def guest_route(command: str, route: str) -> Callable:
         body = await _request_body(request)
         if isinstance(body, Response):
             return body
-        return await run_guest(request.app.state.llama, command, route, body)
+        return await run_guest(request, command, route, body)
 
     return endpoint
 
@@ -145,31 +144,32 @@ def compat_route(api: compat.Endpoint) -> Callable:
             return error_response(ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
         except compat.CompatError as e:
             return error_response(ErrorKind.INVALID_REQUEST, str(e), e.param)
-        return await run_guest(request.app.state.llama, api.command, api.path, orjson.dumps(translated),
-                               translation=(api, translated))
+        return await run_guest(request, api.command, api.path, orjson.dumps(translated), translation=(api, translated))
 
     return endpoint
 
 
 async def run_guest(
-    state: State, command: str, route: str, body: bytes, translation: tuple[compat.Endpoint, dict] | None = None
+    request: Request, command: str, route: str, body: bytes, translation: tuple[compat.Endpoint, dict] | None = None
 ) -> Response:
     """Runs the guest in a worker thread. Answers as soon as the first frame is known: a stream
-    starts with its first event, anything else waits for the end of the run. ``translation``: the
-    older API whose response shape to answer in, and the OpenAI request it became."""
+    starts with its first event, anything else waits for the end of the run. A client that goes
+    away meanwhile cancels the generation, streamed or not. ``translation``: the older API whose
+    response shape to answer in, and the OpenAI request it became."""
+    state: State = request.app.state.llama
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    gone = threading.Event()  # set when the client disconnects: the next emit stops the guest
+    cancel = Cancellation()  # client gone or shutdown: the guest's generations stop
     started = time.perf_counter()
 
     def on_event(payload: bytes) -> bool:
-        if gone.is_set():
+        if cancel.is_set:
             return False
         loop.call_soon_threadsafe(queue.put_nowait, payload)
         return True
 
     def work() -> Reply:
-        return state.serving.call(command, body, on_event)
+        return state.serving.call(command, body, on_event, cancel=cancel)
 
     async def run() -> None:
         try:
@@ -180,9 +180,25 @@ async def run_guest(
         queue.put_nowait(reply)
 
     task = asyncio.create_task(run())
-    first = await queue.get()
-    if isinstance(first, Reply):
-        await task
+    state.replies.add(queue)
+    try:
+        first = await _first_or_disconnect(queue, request)
+    except BaseException:
+        state.replies.discard(queue)
+        cancel.set()
+        raise
+    if first is None:  # the client is gone: nobody reads the answer
+        state.replies.discard(queue)
+        cancel.set()
+        state.metrics.finished(route, 499, time.perf_counter() - started)
+        return Response(status_code=499)
+    if first is SHUTDOWN or isinstance(first, Reply):
+        state.replies.discard(queue)
+        if first is SHUTDOWN:
+            cancel.set()
+            first = Reply(status=503, body=orjson.dumps(error_body(ErrorKind.UNAVAILABLE, SHUTDOWN_MESSAGE)))
+        else:
+            await task
         state.metrics.finished(route, first.status, time.perf_counter() - started)
         headers = {"Retry-After": "1"} if first.status == 503 else None
         if translation is not None and first.status == 200:
@@ -196,19 +212,49 @@ async def run_guest(
     async def events() -> AsyncIterator[bytes]:
         item = first
         try:
-            while not isinstance(item, Reply):
+            while not isinstance(item, Reply) and item is not SHUTDOWN:
                 if event := to_event(item):
                     yield event
                 item = await queue.get()
-            if item.error is not None:  # the stream had started: the error is its last event
-                yield b"data: " + orjson.dumps(item.error.body()) + b"\n\n"
+            # The stream had started: an error is its last event.
+            error = item.error.body() if item is not SHUTDOWN and item.error is not None else None
+            if item is SHUTDOWN:
+                error = error_body(ErrorKind.UNAVAILABLE, SHUTDOWN_MESSAGE)
+            if error is not None:
+                yield b"data: " + orjson.dumps(error) + b"\n\n"
+                if translation is None:
+                    yield b"data: [DONE]\n\n"
             state.metrics.finished(route, 200, time.perf_counter() - started)
         finally:
-            gone.set()  # also on disconnect (the generator is closed): stop the guest
-            if not task.done():
+            state.replies.discard(queue)
+            cancel.set()  # also on disconnect (the generator is closed): stop the guest
+            if not task.done() and item is not SHUTDOWN:
                 state.metrics.finished(route, 499, time.perf_counter() - started)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+SHUTDOWN_MESSAGE = "the server is shutting down; retry on another instance or later"
+
+
+async def _first_or_disconnect(queue: asyncio.Queue, request: Request) -> object | None:
+    """The first item the guest run puts in ``queue``, or None if the client disconnects first
+    (a non-streamed request would otherwise generate to the end for nobody)."""
+    first = asyncio.ensure_future(queue.get())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((first, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not first.done():
+            first.cancel()
+    return first.result() if first.done() and not first.cancelled() else None
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body is read by then, so nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _openai_event(payload: bytes) -> bytes:
@@ -231,7 +277,7 @@ def _compat_event(api: compat.Endpoint) -> Callable[[bytes], bytes]:
 
 def models_route(request: Request) -> Response:
     state: State = request.app.state.llama
-    routes = state.serving.routes if state.serving else []
+    routes = state.serving.routes
     created = int(state.metrics.started)
     data = [{"id": r.id, "object": "model", "created": created, "owned_by": "llama-host"} for r in routes]
     return JSONResponse({"object": "list", "data": data})
@@ -240,15 +286,14 @@ def models_route(request: Request) -> Response:
 def info_route(request: Request) -> Response:
     state: State = request.app.state.llama
     models = []
-    if state.serving is not None:
-        for r in state.serving.routes:
-            served = state.registry.get(r.preload)
-            info = served.model.info
-            models.append({
-                "id": r.id, "preload": r.preload, "template": r.template, "file": str(served.model.path),
-                "architecture": info.architecture, "n_ctx": served.engine.n_ctx_seq, "n_ctx_train": info.n_ctx_train,
-                "n_vocab": info.n_vocab, "n_embd": info.n_embd,
-            })
+    for r in state.serving.routes:
+        served = state.registry.get(r.preload)
+        info = served.model.info
+        models.append({
+            "id": r.id, "preload": r.preload, "template": r.template, "file": str(served.model.path),
+            "architecture": info.architecture, "n_ctx": served.engine.n_ctx_seq, "n_ctx_train": info.n_ctx_train,
+            "n_vocab": info.n_vocab, "n_embd": info.n_embd,
+        })
     return JSONResponse({
         "server": {"name": "llama-host", "version": __version__},
         "llama_cpp": {"build_number": LLAMA_BUILD[0], "commit": LLAMA_BUILD[1]},
@@ -258,12 +303,7 @@ def info_route(request: Request) -> Response:
 
 
 def health_route(request: Request) -> Response:
-    state: State = request.app.state.llama
-    if state.serving is not None:
-        return JSONResponse({"status": "ok"})
-    if state.load_error is not None:
-        return JSONResponse({"status": "error", "error": state.load_error}, 500)
-    return JSONResponse({"status": "loading"}, 503, headers={"Retry-After": "1"})
+    return JSONResponse({"status": "ok"})  # the server listens once its models are loaded
 
 
 CHAT_PAGE = Path(__file__).with_name("static") / "index.html"
@@ -280,11 +320,16 @@ def metrics_route(request: Request) -> Response:
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
-    return error_response(ErrorKind.NOT_FOUND, f"no route {request.method} {request.url.path}")
+    return error_response(ErrorKind.NOT_FOUND, f"no route {echo(request.method)} {echo(request.url.path)}")
 
 
 async def method_not_allowed(request: Request, exc: Exception) -> Response:
-    return error_response(ErrorKind.METHOD_NOT_ALLOWED, f"{request.method} is not allowed on {request.url.path}")
+    return error_response(ErrorKind.METHOD_NOT_ALLOWED, f"{echo(request.method)} is not allowed on {echo(request.url.path)}")
+
+
+def echo(text: str, limit: int = 100) -> str:
+    """A client's value as an error message repeats it: bounded, so a huge path is not sent back."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 # --- middleware -----------------------------------------------------------------------------
@@ -300,7 +345,7 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self.expected is not None and scope["type"] == "http" and scope["method"] != "OPTIONS"
-                and scope["path"].startswith(PROTECTED)):
+                and scope["path"].startswith(PROTECTED) and (scope["method"], scope["path"]) not in PUBLIC):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 message = "invalid API key" if given else "missing API key: send 'Authorization: Bearer <key>'"
@@ -336,14 +381,10 @@ def create_app(state: State) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        # load in the background, so /health answers 503 "loading" meanwhile
-        loader = threading.Thread(target=state.load, name="load-models", daemon=True)
-        loader.start()
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(loader.join)
-            state.close()  # cancels what still runs, frees the models
+            await anyio.to_thread.run_sync(state.close)  # cancels what still runs, frees the models
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={404: not_found, 405: method_not_allowed})

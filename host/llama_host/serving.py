@@ -15,6 +15,7 @@ from pathlib import Path
 
 from llama_host import vendor
 from llama_host.bridge.runner import Guest, GuestRunner, RunnerConfig
+from llama_host.engine import Cancellation
 from llama_host.errors import ErrorKind, error_body
 from llama_host.registry import ModelRegistry
 from llama_host.resource import Resource
@@ -103,10 +104,12 @@ class Serving(Resource):
             }
         )
 
-    def call(self, command: str, body: bytes, on_event: Callable[[bytes], bool | None] | None = None) -> Reply:
+    def call(self, command: str, body: bytes, on_event: Callable[[bytes], bool | None] | None = None,
+             cancel: Cancellation | None = None) -> Reply:
         """Runs one request (blocking: call from a worker thread). Stream events go to
         ``on_event`` as they come (or collect in ``Reply.events``); ``on_event`` returning False
-        means nobody reads any more: the guest stops and its sequence is cancelled."""
+        means nobody reads any more: the guest stops and its sequence is cancelled. Setting
+        ``cancel`` (from any thread) cancels the request's generation, streamed or not."""
         if command not in COMMANDS:
             raise ValueError(f"unknown guest command {command!r}")
         reply = Reply()
@@ -127,7 +130,8 @@ class Serving(Resource):
             else:
                 reply.error = GuestError(ErrorKind.INTERNAL, f"the guest emitted an unknown frame {tag!r}")
 
-        result = self.runner.run(self.guest, argv=["guest", command, self.config], request=body, on_emit=frame)
+        result = self.runner.run(self.guest, argv=["guest", command, self.config], request=body, on_emit=frame,
+                                 cancel=cancel)
         if result.trap is not None or result.exit_code != 0:
             why = result.trap or f"exit code {result.exit_code}"
             reply.error = reply.error or GuestError(ErrorKind.INTERNAL, f"the request failed inside the guest: {why}")

@@ -122,7 +122,7 @@ pub fn filter(in: *Interp, name: []const u8, v_in: Value, args: Args) Error!Valu
     if (eq(name, "int")) return toInt(in, v, args);
     if (eq(name, "float")) return toFloat(v, args.get(0, "default") orelse .{ .float = 0 });
     if (eq(name, "abs")) return switch (v) {
-        .int => |i| .{ .int = if (i < 0) -i else i },
+        .int => |i| .{ .int = if (i >= 0) i else std.math.negate(i) catch return in.fail("integer overflow", .{}) },
         .boolean => |b| .{ .int = @intFromBool(b) },
         .float => |f| .{ .float = @abs(f) },
         else => in.fail("bad operand type for abs(): '{s}'", .{value.typeName(v)}),
@@ -167,7 +167,8 @@ pub fn filter(in: *Interp, name: []const u8, v_in: Value, args: Args) Error!Valu
         const items = try in.iterate(v);
         var batches: std.ArrayListUnmanaged(Value) = .{};
         var i: usize = 0;
-        const n: usize = @intCast(size);
+        // Unfilled, a batch never holds more than the items there are; filled, it is `size` long.
+        const n: usize = if (fill != null) try in.sizeArg(size, .items) else @min(std.math.cast(usize, size) orelse std.math.maxInt(usize), @max(items.len, 1));
         while (i < items.len) : (i += n) {
             var chunk: std.ArrayListUnmanaged(Value) = .{};
             try chunk.appendSlice(gpa, items[i..@min(i + n, items.len)]);
@@ -179,7 +180,7 @@ pub fn filter(in: *Interp, name: []const u8, v_in: Value, args: Args) Error!Valu
     if (eq(name, "striptags")) return Value.str(try striptags(in, try in.toStr(v)));
     if (eq(name, "center")) {
         const s = try in.toStr(v);
-        const width: usize = @intCast(@max(0, value.asInt(args.get(0, "width") orelse .{ .int = 80 }) orelse 80));
+        const width = try in.sizeArg(value.asInt(args.get(0, "width") orelse .{ .int = 80 }) orelse 80, .bytes);
         return Value.str(try pad(in, s, width, .center));
     }
     if (isFilter(name)) return in.fail("the '{s}' filter is not supported", .{name});
@@ -214,7 +215,7 @@ fn tojson(in: *Interp, v: Value, args: Args) Error!Value {
     if (args.get(1, "indent")) |x| switch (x) {
         .none => {},
         .int, .boolean => {
-            const n: usize = @intCast(@max(0, value.asInt(x).?));
+            const n = try in.sizeArg(value.asInt(x).?, .bytes);
             const text = try in.gpa.alloc(u8, n);
             @memset(text, ' ');
             options.indent = text;
@@ -230,10 +231,11 @@ fn tojson(in: *Interp, v: Value, args: Args) Error!Value {
     };
     if (args.get(3, "sort_keys")) |x| options.sort_keys = value.truthy(x);
     var out: std.ArrayListUnmanaged(u8) = .{};
-    var w = json.Writer{ .gpa = in.gpa, .out = &out, .options = options };
+    var w = json.Writer{ .gpa = in.gpa, .out = &out, .options = options, .max_len = in.limits.max_output };
     w.write(v, 0) catch |err| return switch (err) {
         error.OutOfMemory => error.OutOfMemory,
         error.TooDeep => in.fail("data nests deeper than {d} levels", .{value.max_data_depth}),
+        error.TooLong => in.failSize(),
         error.NotSerializable => in.fail("Object of type {s} is not JSON serializable", .{w.bad_type}),
         error.BadKey => in.fail("keys must be str, int, float, bool or None, not {s}", .{w.bad_type}),
         error.Unorderable => in.fail("'<' not supported between dictionary keys of different types", .{}),
@@ -311,7 +313,7 @@ fn indent(in: *Interp, v: Value, args: Args) Error!Value {
     const prefix: []const u8 = switch (width) {
         .string => |s| s,
         else => blk: {
-            const n: usize = @intCast(@max(0, value.asInt(width) orelse return in.fail("indent width must be an integer", .{})));
+            const n = try in.sizeArg(value.asInt(width) orelse return in.fail("indent width must be an integer", .{}), .bytes);
             const p = try in.gpa.alloc(u8, n);
             @memset(p, ' ');
             break :blk p;
@@ -771,7 +773,7 @@ fn affix(in: *Interp, s: []const u8, args: Args, ends: bool) Error!bool {
     return false;
 }
 
-pub fn callMethod(in: *Interp, recv_in: Value, name: []const u8, args: Args) Error!Value {
+pub noinline fn callMethod(in: *Interp, recv_in: Value, name: []const u8, args: Args) Error!Value {
     const recv = recv_in.plain();
     const gpa = in.gpa;
     switch (recv) {
@@ -867,13 +869,13 @@ pub fn callMethod(in: *Interp, recv_in: Value, name: []const u8, args: Args) Err
                 return .{ .boolean = cased };
             }
             if (oneOf(name, &.{ "center", "ljust", "rjust" })) {
-                const width: usize = @intCast(@max(0, value.asInt(args.get(0, "width") orelse .{ .int = 0 }) orelse 0));
+                const width = try in.sizeArg(value.asInt(args.get(0, "width") orelse .{ .int = 0 }) orelse 0, .bytes);
                 const fill = try optStr(in, args.get(1, "fillchar"));
                 const how: Align = if (eq(name, "ljust")) .left else if (eq(name, "rjust")) .right else .center;
                 return Value.str(try padWith(in, s, width, how, if (fill) |f| (if (f.len > 0) f[0] else ' ') else ' '));
             }
             if (eq(name, "zfill")) {
-                const width: usize = @intCast(@max(0, value.asInt(args.get(0, "width") orelse .{ .int = 0 }) orelse 0));
+                const width = try in.sizeArg(value.asInt(args.get(0, "width") orelse .{ .int = 0 }) orelse 0, .bytes);
                 return Value.str(try padWith(in, s, width, .right, '0'));
             }
             if (eq(name, "removeprefix")) {
@@ -1084,6 +1086,16 @@ fn fixed(in: *Interp, x: f64, precision: usize) Error![]const u8 {
     return in.gpa.dupe(u8, s);
 }
 
+/// Python's int(x) of a float, as digits: inf and nan fail as Python's do, and a float past
+/// i64 is printed, not cast (@intFromFloat would trap).
+fn truncatedFloat(in: *Interp, x: f64) Error![]const u8 {
+    if (std.math.isNan(x)) return in.fail("cannot convert float NaN to integer", .{});
+    if (std.math.isInf(x)) return in.fail("cannot convert float infinity to integer", .{});
+    const t = @trunc(x);
+    if (@abs(t) < 9.2e18) return std.fmt.allocPrint(in.gpa, "{d}", .{@as(i64, @intFromFloat(t))});
+    return fixed(in, t, 0);
+}
+
 /// printf-style `"%s" % args` for %s %r %d %i %f %x %%.
 pub fn percentFormat(in: *Interp, fmt: []const u8, args_v: Value) Error!Value {
     const args: []const Value = if (args_v == .list and args_v.list.is_tuple) args_v.list.items else &.{args_v};
@@ -1133,7 +1145,8 @@ pub fn percentFormat(in: *Interp, fmt: []const u8, args_v: Value) Error!Value {
                 break :blk buf.items;
             },
             'd', 'i', 'u' => blk: {
-                const n = value.asInt(v) orelse if (v == .float) @as(i64, @intFromFloat(@trunc(v.float))) else return in.fail("%{c} format: a real number is required, not {s}", .{ kind, value.typeName(v) });
+                if (v == .float) break :blk try truncatedFloat(in, v.float);
+                const n = value.asInt(v) orelse return in.fail("%{c} format: a real number is required, not {s}", .{ kind, value.typeName(v) });
                 break :blk try std.fmt.allocPrint(in.gpa, "{d}", .{n});
             },
             'f', 'F' => try fixed(in, value.asNumber(v) orelse return in.fail("must be real number, not {s}", .{value.typeName(v)}), precision orelse 6),
@@ -1153,7 +1166,10 @@ pub fn percentFormat(in: *Interp, fmt: []const u8, args_v: Value) Error!Value {
 
 // --- globals ------------------------------------------------------------------------------
 
-pub fn callFunction(in: *Interp, f: value.Function, args: Args) Error!Value {
+/// noinline, as callMethod: the evaluator recurses through eval(), and a callee inlined into it
+/// makes every level's native frame bigger (wasmtime's stack holds about 1000 small ones; see
+/// eval.max_eval_depth_per_limit).
+pub noinline fn callFunction(in: *Interp, f: value.Function, args: Args) Error!Value {
     switch (f) {
         .raise_exception => {
             const msg = args.get(0, "message") orelse Value.str("");
@@ -1191,12 +1207,16 @@ pub fn callFunction(in: *Interp, f: value.Function, args: Args) Error!Value {
             }
             const step_v = nums[2];
             if (step_v == 0) return in.fail("range() arg 3 must not be zero", .{});
-            var count: i64 = 0;
-            if (step_v > 0 and start < stop) count = @divFloor(stop - start - 1, step_v) + 1;
-            if (step_v < 0 and start > stop) count = @divFloor(start - stop - 1, -step_v) + 1;
+            // i128: stop - start and -step overflow i64 (range(-2**63, 2**63 - 1))
+            const w_start: i128 = start;
+            const w_stop: i128 = stop;
+            const w_step: i128 = step_v;
+            var count: i128 = 0;
+            if (step_v > 0 and start < stop) count = @divFloor(w_stop - w_start - 1, w_step) + 1;
+            if (step_v < 0 and start > stop) count = @divFloor(w_start - w_stop - 1, -w_step) + 1;
             if (count > in.limits.max_steps) return in.fail("range of {d} items exceeds the limit of {d} steps", .{ count, in.limits.max_steps });
             const out = try in.gpa.alloc(Value, @intCast(count));
-            for (out, 0..) |*o, i| o.* = .{ .int = start + @as(i64, @intCast(i)) * step_v };
+            for (out, 0..) |*o, i| o.* = .{ .int = @intCast(w_start + @as(i128, i) * w_step) };
             return in.newList(out, false);
         },
         .joiner, .cycler, .lipsum => return in.fail("'{s}' is not supported", .{@tagName(f)}),

@@ -19,6 +19,7 @@ pub const Limits = struct {
     max_output: usize,
     max_steps: usize,
     max_depth: usize,
+    max_items: usize,
 };
 
 /// Evaluation recurses once per expression or statement level (a left-nested chain such as
@@ -60,9 +61,27 @@ pub const Interp = struct {
         if (in.steps > in.limits.max_steps) return in.fail("template exceeds the limit of {d} steps (loop iterations and macro calls)", .{in.limits.max_steps});
     }
 
-    /// Rejects a string or list about to be built longer than the output limit.
+    /// Rejects a string about to be built longer than the output limit.
     pub fn checkSize(in: *Interp, len: usize) Error!void {
-        if (len > in.limits.max_output) return in.fail("template output exceeds the {d}-byte limit", .{in.limits.max_output});
+        if (len > in.limits.max_output) return in.failSize();
+    }
+
+    pub fn failSize(in: *Interp) Error {
+        return in.fail("template output exceeds the {d}-byte limit", .{in.limits.max_output});
+    }
+
+    /// Rejects a list about to be built with more items than the item limit.
+    pub fn checkItems(in: *Interp, len: usize) Error!void {
+        if (len > in.limits.max_items) return in.fail("template builds a list past the limit of {d} items", .{in.limits.max_items});
+    }
+
+    /// A width or count the template gives (an i64) as a usize: negative is 0, and past the byte
+    /// (or item) limit it is a template error before any cast could trap (usize is 32 bits on wasm32).
+    pub fn sizeArg(in: *Interp, n: i64, comptime what: enum { bytes, items }) Error!usize {
+        if (n <= 0) return 0;
+        const size = std.math.cast(usize, n) orelse std.math.maxInt(usize);
+        if (what == .bytes) try in.checkSize(size) else try in.checkItems(size);
+        return size;
     }
 
     fn enter(in: *Interp) Error!void {
@@ -217,6 +236,7 @@ pub const Interp = struct {
             },
             .namespace => return in.fail("'Namespace' object is not iterable", .{}),
             .string => |s| {
+                try in.checkItems(pystr.length(s));
                 var chars: std.ArrayListUnmanaged(Value) = .{};
                 var i: usize = 0;
                 while (i < s.len) {
@@ -502,7 +522,8 @@ pub const Interp = struct {
         return value.asInt(v) orelse in.fail("slice indices must be integers or None", .{});
     }
 
-    fn evalSlice(in: *Interp, scope: *Scope, obj_e: *const Expr, start_e: ?*const Expr, stop_e: ?*const Expr, step_e: ?*const Expr) Error!Value {
+    // noinline (as repeat): what is inlined into eval() enlarges every level of its recursion
+    noinline fn evalSlice(in: *Interp, scope: *Scope, obj_e: *const Expr, start_e: ?*const Expr, stop_e: ?*const Expr, step_e: ?*const Expr) Error!Value {
         const obj = (try in.eval(scope, obj_e)).plain();
         const start = try in.sliceIndex(scope, start_e);
         const stop = try in.sliceIndex(scope, stop_e);
@@ -532,11 +553,8 @@ pub const Interp = struct {
         }
         const r = sliceRange(@intCast(items.len), start, stop, step_v);
         const out = try in.gpa.alloc(Value, r.len);
-        var idx = r.first;
-        for (out) |*v| {
-            v.* = items[@intCast(idx)];
-            idx += step_v;
-        }
+        // i128: the index after the last taken can be past i64 (x[1::9223372036854775807])
+        for (out, 0..) |*v, k| v.* = items[@intCast(r.first + @as(i128, k) * step_v)];
         if (obj == .string) {
             var buf: std.ArrayListUnmanaged(u8) = .{};
             for (out) |c| try buf.appendSlice(in.gpa, c.string);
@@ -558,13 +576,15 @@ pub const Interp = struct {
         }.f;
         const start = if (start_o) |s| clamp(s, n, lower, upper) else if (neg) upper else lower;
         const stop = if (stop_o) |s| clamp(s, n, lower, upper) else if (neg) lower else upper;
-        var len: i64 = 0;
+        // i128: -step overflows i64 for a step of minInt(i64)
+        const step_w: i128 = step_v;
+        var len: i128 = 0;
         if (neg) {
-            if (stop < start) len = @divFloor(start - stop - 1, -step_v) + 1;
+            if (stop < start) len = @divFloor(@as(i128, start) - stop - 1, -step_w) + 1;
         } else {
-            if (start < stop) len = @divFloor(stop - start - 1, step_v) + 1;
+            if (start < stop) len = @divFloor(@as(i128, stop) - start - 1, step_w) + 1;
         }
-        return .{ .first = start, .len = @intCast(len) };
+        return .{ .first = start, .len = @intCast(len) }; // at most n
     }
 
     fn negate(in: *Interp, v: Value, neg: bool) Error!Value {
@@ -618,7 +638,7 @@ pub const Interp = struct {
                     return Value.str(try std.mem.concat(in.gpa, u8, &.{ a.string, b.string }));
                 }
                 if (a == .list and b == .list and a.list.is_tuple == b.list.is_tuple and a.list.lazy == .none and b.list.lazy == .none) {
-                    try in.checkSize(a.list.items.len + b.list.items.len);
+                    try in.checkItems(a.list.items.len + b.list.items.len);
                     return in.newList(try std.mem.concat(in.gpa, Value, &.{ a.list.items, b.list.items }), a.list.is_tuple);
                 }
                 if (a == .string) return in.fail("can only concatenate str (not \"{s}\") to str", .{value.typeName(b)});
@@ -634,19 +654,35 @@ pub const Interp = struct {
         return in.fail("unsupported operand type(s) for {s}: '{s}' and '{s}'", .{ opSymbol(op), value.typeName(a), value.typeName(b) });
     }
 
-    fn repeat(in: *Interp, v: Value, n_signed: i64) Error!Value {
-        const n: usize = if (n_signed < 0) 0 else @intCast(n_signed);
+    /// `s * n`, `list * n`. `n` is checked in i64 before any cast (usize is 32 bits on wasm32),
+    /// and an empty operand repeats to empty without looping `n` times.
+    noinline fn repeat(in: *Interp, v: Value, n_signed: i64) Error!Value {
+        const len = if (v == .string) v.string.len else v.list.items.len;
+        const n: usize = if (n_signed <= 0 or len == 0) 0 else std.math.cast(usize, n_signed) orelse std.math.maxInt(usize);
+        const total = std.math.mul(usize, len, n) catch std.math.maxInt(usize);
         if (v == .string) {
-            try in.checkSize(std.math.mul(usize, v.string.len, n) catch std.math.maxInt(usize));
-            const out = try in.gpa.alloc(u8, v.string.len * n);
-            for (0..n) |i| @memcpy(out[i * v.string.len ..][0..v.string.len], v.string);
+            try in.checkSize(total);
+            const out = try in.gpa.alloc(u8, total);
+            fillRepeated(u8, out, v.string);
             return Value.str(out);
         }
-        const items = v.list.items;
-        try in.checkSize(std.math.mul(usize, items.len, n) catch std.math.maxInt(usize));
-        const out = try in.gpa.alloc(Value, items.len * n);
-        for (0..n) |i| @memcpy(out[i * items.len ..][0..items.len], items);
+        try in.checkItems(total);
+        const out = try in.gpa.alloc(Value, total);
+        fillRepeated(Value, out, v.list.items);
         return in.newList(out, v.list.is_tuple);
+    }
+
+    /// Fills `out` (a multiple of `part` long) with copies of `part`, doubling what is already
+    /// there: log(n) copies, where 'x' * 4000000 one by one takes seconds.
+    fn fillRepeated(comptime T: type, out: []T, part: []const T) void {
+        if (out.len == 0) return;
+        @memcpy(out[0..part.len], part);
+        var filled = part.len;
+        while (filled < out.len) {
+            const n = @min(filled, out.len - filled);
+            @memcpy(out[filled..][0..n], out[0..n]);
+            filled += n;
+        }
     }
 
     fn intOp(in: *Interp, op: ast.BinOp, x: i64, y: i64) Error!Value {
@@ -665,7 +701,9 @@ pub const Interp = struct {
             },
             .mod => {
                 if (y == 0) return in.fail("integer division or modulo by zero", .{});
-                return .{ .int = @mod(x, y) };
+                if (y == -1) return .{ .int = 0 }; // minInt(i64) % -1 would overflow the division
+                // Python's sign-of-the-divisor modulo; wrapping is exact since the result fits
+                return .{ .int = x -% @divFloor(x, y) *% y };
             },
             .pow => {
                 if (y < 0) return .{ .float = std.math.pow(f64, @floatFromInt(x), @floatFromInt(y)) };

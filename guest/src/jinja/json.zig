@@ -15,12 +15,15 @@ pub const Options = struct {
     sort_keys: bool = false,
 };
 
-pub const Error = error{ OutOfMemory, TooDeep, NotSerializable, BadKey, Unorderable };
+pub const Error = error{ OutOfMemory, TooDeep, TooLong, NotSerializable, BadKey, Unorderable };
 
 pub const Writer = struct {
     gpa: Allocator,
     out: *std.ArrayListUnmanaged(u8),
     options: Options,
+    /// Output past this many bytes stops with error.TooLong (checked at each value: the text can
+    /// grow much faster than the data, as a list holding one long string many times does).
+    max_len: usize = std.math.maxInt(usize),
     /// The Python type name that could not be serialized (for the error message).
     bad_type: []const u8 = "",
 
@@ -36,6 +39,7 @@ pub const Writer = struct {
 
     pub fn write(w: *Writer, v: Value, level: usize) Error!void {
         if (level > value.max_data_depth) return error.TooDeep;
+        if (w.out.items.len > w.max_len) return error.TooLong;
         const gpa = w.gpa;
         switch (v) {
             .none => try w.out.appendSlice(gpa, "null"),
@@ -73,7 +77,7 @@ pub const Writer = struct {
         if (w.options.sort_keys) {
             const sorted = try gpa.dupe(value.Entry, entries);
             var failed = false;
-            std.sort.insertion(value.Entry, sorted, &failed, struct {
+            std.sort.block(value.Entry, sorted, &failed, struct {
                 fn lt(flag: *bool, a: value.Entry, b: value.Entry) bool {
                     const o = value.compare(a.key, b.key, 0) catch {
                         flag.* = true;

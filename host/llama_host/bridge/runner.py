@@ -26,6 +26,7 @@ from wasmtime import _ffi as ffi  # the C API's unchecked host functions (wasmti
 from llama_host.bridge import hostext, wasi_nn
 from llama_host.bridge.abi import Errno, NnError
 from llama_host.bridge.memory import GuestMemory
+from llama_host.engine import Cancellation
 from llama_host.registry import ModelRegistry
 from llama_host.resource import Resource
 
@@ -211,9 +212,10 @@ class GuestRunner(Resource):
         request: bytes = b"",
         on_emit: Callable[[bytes], None] | None = None,
         allow_host_paths: bool = False,
+        cancel: Cancellation | None = None,
     ) -> RunResult:
         """Run a WASI command module's ``_start`` in a fresh instance (blocking; call it from a
-        worker thread, many at once)."""
+        worker thread, many at once). Setting ``cancel`` stops the generations it started."""
         store = wasmtime.Store(self.engine)
         store.set_limits(memory_size=self.config.memory_limit)
         wasi = wasmtime.WasiConfig()
@@ -222,8 +224,8 @@ class GuestRunner(Resource):
             wasi.env = list(env.items())
         if self.config.templates_dir is not None:
             wasi.preopen_dir(str(self.config.templates_dir), "/templates", fs_mutable=False)
-        for host, guest in dirs:
-            wasi.preopen_dir(host, guest)
+        for host_dir, guest_dir in dirs:
+            wasi.preopen_dir(host_dir, guest_dir)
         if inherit_stdio:
             wasi.inherit_stdin()
             wasi.inherit_stdout()
@@ -235,7 +237,7 @@ class GuestRunner(Resource):
             stream = None
         store.set_wasi(wasi)
 
-        nn = wasi_nn.NnSession(self.registry, allow_host_paths=allow_host_paths, stream_stdout=stream)
+        nn = wasi_nn.NnSession(self.registry, allow_host_paths=allow_host_paths, stream_stdout=stream, cancel=cancel)
         ext = hostext.HostExt(nn, request, on_emit)
         ticks = max(1, math.ceil(self.config.deadline / EPOCH_TICK))
         instance = _Instance(store, nn, ext, ticks)

@@ -30,7 +30,7 @@ from llama_host.bridge.abi import (
     parse_metadata,
 )
 from llama_host.bridge.memory import GuestMemory
-from llama_host.engine import EngineConfig, FinishReason, GenerationRequest, RequestHandle, Result, SamplingParams, Target
+from llama_host.engine import Cancellation, EngineConfig, FinishReason, GenerationRequest, RequestHandle, Result, SamplingParams, Target
 from llama_host.engine.sampling import grammar_from_json_schema
 from llama_host.errors import EngineClosed, InvalidGrammar, PromptTooLong, QueueFull
 from llama_host.registry import ModelRegistry, ServedModel
@@ -75,8 +75,10 @@ class NnSession:
         *,
         allow_host_paths: bool = False,
         stream_stdout: Callable[[bytes], None] | None = None,
+        cancel: Cancellation | None = None,
     ) -> None:
         self.registry = registry
+        self.cancel = cancel or Cancellation()  # set when nobody waits for this run's answer
         self.allow_host_paths = allow_host_paths  # `load` with "preload:<path>": trusted runs only
         self.stream_stdout = stream_stdout
         self.graphs: dict[int, Graph] = {}
@@ -206,6 +208,7 @@ class NnSession:
         if ctx.metadata.get("embedding"):
             return self._embed(ctx)
         handle = self._submit(ctx)
+        self.cancel.register(handle)
         if self.stream_stdout is not None and ctx.metadata.get("stream-stdout"):
             for out in handle:
                 piece = out.text.encode()
@@ -223,6 +226,7 @@ class NnSession:
             ctx.result = None
             ctx.generated = 0
             ctx.handle = self._submit(ctx)
+            self.cancel.register(ctx.handle)
         out = ctx.handle.next()
         if out is None:
             return self._finished(ctx, ctx.handle.result, single=True)

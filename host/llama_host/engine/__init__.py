@@ -2,10 +2,10 @@
 
 from llama_host.engine.engine import Engine, EngineConfig
 from llama_host.engine.model import Model, ModelInfo, Target
-from llama_host.engine.request import FinishReason, GenerationRequest, RequestHandle, Result, TokenOutput
+from llama_host.engine.request import Cancellation, FinishReason, GenerationRequest, RequestHandle, Result, TokenOutput
 from llama_host.engine.sampling import GREEDY, SamplingParams, grammar_from_json_schema
 
 __all__ = [
-    "GREEDY", "Engine", "EngineConfig", "FinishReason", "GenerationRequest", "Model", "ModelInfo",
+    "GREEDY", "Cancellation", "Engine", "EngineConfig", "FinishReason", "GenerationRequest", "Model", "ModelInfo",
     "RequestHandle", "Result", "SamplingParams", "Target", "TokenOutput", "grammar_from_json_schema",
 ]

@@ -1,13 +1,21 @@
-"""Does Intel AMX actually work on this CPU?
+"""Does llama.cpp's AMX code actually run here? Two questions, each answered in a child process
+so that a fault never reaches the caller:
 
-Some virtual machines advertise AMX in CPUID (so ``-march=native`` compiles llama.cpp's AMX
-kernels in) while the hypervisor does not enable the tile state, and the first AMX instruction
-raises SIGILL. This module finds out without risking the calling process: a child process asks
-the kernel for tile permission and executes ``ldtilecfg; tilezero; tilerelease``.
+- **The CPU** (:func:`amx_state`): some virtual machines advertise AMX in CPUID (so
+  ``-march=native`` compiles ggml's AMX kernels in) while the hypervisor does not enable the tile
+  state, and the first AMX instruction raises SIGILL. The child asks the kernel for tile
+  permission and executes ``ldtilecfg; tilezero; tilerelease``. Stdlib only, so ``build.sh`` can
+  run it as a script before anything is installed (``--cflags``).
+- **The built library** (:func:`library_state`): a CPU whose AMX works can still fault in the
+  library, because of how it was compiled (Debian's GCC 12 at ``-O1..-O3 -march=native`` drops
+  the tile-shape stores of ggml's tile config, and the first tile instruction faults). So the
+  verdict that counts comes from running the real thing: the child decodes a prompt with a
+  generated Q4_0 model, which takes ggml's AMX matmul where AMX is compiled in and enabled.
+  ``build.sh`` rebuilds without AMX where that child dies; the host loads models without extra
+  buffer types (no AMX) where a library built elsewhere does.
 
-Stdlib only, so ``build.sh`` can run it as a script before anything is installed::
-
-    python amx.py    # prints usable | unsupported | faulting; exit 0 only for usable
+    python amx.py            # the CPU: usable | unsupported | faulting; exit 0 only for usable
+    python amx.py --library  # the installed library: works | faulting; exit 0 only for works
 """
 
 from __future__ import annotations
@@ -15,11 +23,13 @@ from __future__ import annotations
 import ctypes
 import enum
 import functools
+import hashlib
 import mmap
 import platform
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 
 class AmxState(str, enum.Enum):
@@ -67,6 +77,83 @@ def amx_state() -> AmxState:
     return AmxState.UNSUPPORTED
 
 
+class LibraryState(str, enum.Enum):
+    WORKS = "works"  # the child decoded with the library's own kernels
+    FAULTING = "faulting"  # the child died of a signal: the library's CPU code crashes here
+
+
+FAULT_SIGNALS = (signal.SIGILL, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE)
+NO_AMX_CFLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def verdict(returncode: int) -> LibraryState:
+    """The probe child's exit status: killed by a fault signal (or aborted) means faulting; any
+    other failure is not this question's and raises."""
+    if returncode == 0:
+        return LibraryState.WORKS
+    if returncode in tuple(-s for s in FAULT_SIGNALS) or returncode == -signal.SIGABRT:
+        return LibraryState.FAULTING
+    raise RuntimeError(f"the library probe failed with exit status {returncode}")
+
+
+def _probe_library_in_child() -> None:
+    """Body of the library probe's child: prompt-sized batches through a Q4_0 model (ggml's AMX
+    kernels take Q4_0 matmuls of more than one row), then a single-token decode."""
+    from llama_host import modelgen
+    from llama_host.engine.context import Batch, Context
+    from llama_host.engine.model import Model
+
+    path = modelgen.build("tiny", quant="q4_0", cache_dir=modelgen.user_cache_dir())
+    with Model(path, extra_buffer_types=True) as model, Context(model, n_ctx=256, n_batch=64, n_threads=2) as ctx, \
+            Batch(64) as batch:
+        for pos in range(64):
+            batch.add(pos % model.n_vocab, pos, 0, logits=pos == 63)
+        ctx.decode(batch)
+        batch.clear()
+        batch.add(1, 64, 0, logits=True)
+        ctx.decode(batch)
+
+
+def _library_files() -> list[Path]:
+    import llama_cpp
+
+    return sorted(Path(llama_cpp.__file__).parent.joinpath("lib").glob("*"))
+
+
+@functools.cache
+def library_state() -> LibraryState:
+    """Probe the installed llama.cpp once per process and library (a child, about 1 s; the
+    verdict is kept in the user cache, keyed by the library files and this CPU)."""
+    from llama_host import modelgen
+
+    key = hashlib.sha256(platform.processor().encode() + _cpu_model())
+    for f in _library_files():
+        st = f.stat()
+        key.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    cached = modelgen.user_cache_dir() / f"library-probe-{key.hexdigest()[:16]}"
+    try:
+        return LibraryState(cached.read_text().strip())
+    except (OSError, ValueError):
+        pass
+    child = subprocess.run([sys.executable, __file__, "--library-child"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    try:
+        state = verdict(child.returncode)
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}: {child.stderr.decode(errors='replace')[-2000:]}") from None
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_text(state.value)
+    return state
+
+
+def _cpu_model() -> bytes:
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return next((line for line in f if line.startswith(b"model name")), b"")
+    except OSError:
+        return b""
+
+
 def build_cflags(cc: str = "cc") -> str:
     """Compiler flags for a native llama.cpp build: AMX compiled out only where ``-march=native``
     would enable it and its instructions fault (build.sh and bench/setup.sh use this)."""
@@ -76,7 +163,7 @@ def build_cflags(cc: str = "cc") -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     if "__AMX_INT8__" in macros and amx_state() is AmxState.FAULTING:
-        return "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        return NO_AMX_CFLAGS
     return ""
 
 
@@ -86,6 +173,16 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--cflags"]:
         print(build_cflags())
         sys.exit(0)
+    if sys.argv[1:] == ["--cflags-no-amx"]:
+        print(NO_AMX_CFLAGS)
+        sys.exit(0)
+    if sys.argv[1:] == ["--library-child"]:
+        _probe_library_in_child()
+        sys.exit(0)
+    if sys.argv[1:] == ["--library"]:
+        library = library_state()
+        print(library.value)
+        sys.exit(0 if library is LibraryState.WORKS else 3)
     state = amx_state()
     print(state.value)
     sys.exit(0 if state is AmxState.USABLE else 1)

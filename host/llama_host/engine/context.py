@@ -11,6 +11,10 @@ from llama_host.resource import Resource
 C = lib.C
 
 
+class ContextError(RuntimeError):
+    """llama.cpp could not create a context (too many sequences, out of memory, ...)."""
+
+
 class DecodeError(RuntimeError):
     """``llama_decode`` failed; ``code`` is its return value (1: no KV slot, <0: error)."""
 
@@ -85,11 +89,23 @@ class Context(Resource):
         if pooling is not None:
             params.pooling_type = pooling
         params.no_perf = True
+        # Stated, not left to llama.cpp's defaults, because prefix reuse depends on both:
+        # - swa_full: sliding-window layers (Gemma 2/3, ...) keep every position, not just the
+        #   window. A window-sized cache overwrites old positions as a sequence grows, so a kept
+        #   prefix would lack the cells its next token attends to (see ``remove``).
+        # - kv_unified off: each sequence has its own stream of n_ctx / n_seq_max cells, so its
+        #   attention (how many cells it spans, which kernel runs) does not depend on what the
+        #   other sequences hold.
+        params.swa_full = True
+        params.kv_unified = False
         if flash_attn is not None:  # None: llama.cpp decides (on where the backend supports it)
             params.flash_attn_type = C.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else C.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        self._ptr = C.llama_init_from_model(model.ptr, params)
+        with lib.errors() as said:
+            self._ptr = C.llama_init_from_model(model.ptr, params)
         if not self._ptr:
-            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+            raise ContextError(f"llama.cpp cannot create a context: {lib.reason(said, 'out of memory?')}")
+        for line in said:  # llama.cpp warns of choices made on purpose ("using full-size SWA cache")
+            lib.log.info("%s", line)
         self.n_ctx = C.llama_n_ctx(self._ptr)
         self.n_batch = C.llama_n_batch(self._ptr)
         self.n_seq_max = n_seq_max
@@ -111,8 +127,17 @@ class Context(Resource):
         C.llama_memory_clear(self._memory, True)
 
     def remove(self, seq_id: int, p0: int = 0, p1: int = -1) -> bool:
-        """Drop positions [p0, p1) of a sequence (p1 < 0: to the end)."""
-        return bool(C.llama_memory_seq_rm(self._memory, seq_id, p0, p1))
+        """Drop positions [p0, p1) of a sequence (p1 < 0: to the end). False when it cannot be
+        cut there: the memory cannot drop part of a sequence (recurrent models), or, cutting the
+        tail, what is left does not start at position 0 (a window-sized SWA cache has forgotten
+        the start), so it is no prefix to build on; the caller then drops the whole sequence."""
+        if not C.llama_memory_seq_rm(self._memory, seq_id, p0, p1):
+            return False
+        return p1 >= 0 or p0 <= 0 or self.pos_min(seq_id) == 0
+
+    def pos_min(self, seq_id: int) -> int:
+        """The smallest position the memory holds for a sequence (-1: none)."""
+        return C.llama_memory_seq_pos_min(self._memory, seq_id)
 
     def close(self) -> None:
         if self._ptr:

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 
+from llama_host.engine import lib
 from llama_host.engine.context import Batch, Context, DecodeError
 from llama_host.engine.model import Model
 from llama_host.engine.request import FinishReason, GenerationRequest, RequestHandle, Result, TokenOutput
@@ -36,6 +37,62 @@ class EngineConfig:
     threads: int | None = None
     queue_size: int = 64  # requests waiting beyond the busy sequences
     flash_attn: bool | None = None  # None: llama.cpp decides
+
+
+class UnservableConfig(ValueError):
+    """A context or thread count that llama.cpp or this machine's memory cannot take."""
+
+
+MAX_CELLS = 1 << 30  # KV cells of one context: llama.cpp counts them in 32-bit integers
+MAX_THREADS = 512  # GGML_MAX_N_THREADS; past it ggml (or OpenMP, before it) fails at the first decode
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can still give (Linux MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_config(model: Model, config: EngineConfig) -> None:
+    """Refuse, before llama.cpp allocates anything, what it would fail on (or crash on, at the
+    first decode) and a context that would exhaust host memory (an out-of-memory kill, not an
+    error, would follow)."""
+    if config.threads is not None and config.threads > MAX_THREADS:
+        raise UnservableConfig(f"{config.threads} threads: llama.cpp computes with at most {MAX_THREADS}")
+    max_seq = lib.C.llama_max_parallel_sequences()
+    if config.parallel > max_seq:
+        raise UnservableConfig(f"{config.parallel} parallel sequences: llama.cpp decodes at most {max_seq}")
+    cells = config.ctx_size * config.parallel
+    per_token = model.kv_bytes_per_token()
+    most = MAX_CELLS // config.parallel
+    if cells > MAX_CELLS:
+        raise UnservableConfig(f"a context of {config.ctx_size} tokens × {config.parallel} sequences is more "
+                              f"than llama.cpp can address: at most {most} tokens per sequence")
+    if model.info.n_gpu_layers == 0 or not lib.supports_gpu_offload():  # the KV cache is in host memory
+        available = available_memory()
+        if available is not None and cells * per_token > available:
+            most = min(most, available // (per_token * config.parallel))
+            raise UnservableConfig(
+                f"a context of {config.ctx_size} tokens × {config.parallel} sequences needs "
+                f"{_size(cells * per_token)} of KV cache, more than the {_size(available)} of memory available: "
+                f"at most {most} tokens per sequence fit")
+    if config.ctx_size > model.info.n_ctx_train:
+        log.warning("a context of %d tokens is more than the %d %s was trained on: answers past that degrade",
+                    config.ctx_size, model.info.n_ctx_train, model.path.name)
+
+
+def _size(n: float) -> str:
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:.1f} {units[i]}"
 
 
 class _Slot:
@@ -73,6 +130,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 class Engine(Resource):
     def __init__(self, model: Model, config: EngineConfig = EngineConfig()) -> None:
+        check_config(model, config)
         self.model = model
         self.config = config
         self.ctx = Context(
@@ -231,7 +289,11 @@ class Engine(Resource):
             room = batch.capacity - batch.n_tokens
             if room <= 0:
                 break
-            chunk, slot.pending = slot.pending[:room], slot.pending[room:]
+            # The prompt's last token (whose logits are sampled) waits for the next step, as it does
+            # when the rest of the prompt is cached (_start): llama.cpp's kernels depend on the batch
+            # size, so its logits, and greedy output, would otherwise change with the prefix cache.
+            take = min(room, len(slot.pending) - 1) or 1
+            chunk, slot.pending = slot.pending[:take], slot.pending[take:]
             for tok in chunk:
                 index = batch.add(tok, slot.position, slot.seq_id, logits=False)
                 slot.cached.append(tok)
@@ -261,7 +323,7 @@ class Engine(Resource):
         if slot.first_token_at is None:
             slot.first_token_at = now
             self._stats.add(ttft_seconds_sum=now - handle.submitted, ttft_count=1)
-        if self.model.is_eog(token) and not request.ignore_eos:
+        if self.model.is_eog(token) and (not request.ignore_eos or slot.sampler.exhausted):  # grammar complete
             self._finish(slot, FinishReason.STOP)
             return
         slot.n_generated += 1

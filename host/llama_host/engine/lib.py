@@ -6,9 +6,12 @@ the GIL during each foreign call, so ``llama_decode`` runs in parallel with Pyth
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
+import re
 import threading
+from collections.abc import Iterator
 
 import llama_cpp.llama_cpp as C
 
@@ -22,6 +25,7 @@ _init_lock = threading.Lock()
 _initialised = False
 _pending = bytearray()  # llama.cpp logs a line in pieces; forward whole lines
 _pending_level = logging.DEBUG
+_capture = threading.local()  # errors(): llama.cpp's error lines of this thread, kept for a message
 
 
 @C.llama_log_callback
@@ -35,7 +39,13 @@ def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         while (nl := _pending.find(b"\n")) >= 0:
             line = bytes(_pending[:nl]).decode("utf-8", "replace")
             del _pending[: nl + 1]
-            if line.strip():
+            if not line.strip():
+                continue
+            captured = getattr(_capture, "lines", None)
+            if captured is not None and _pending_level >= logging.WARNING:
+                captured.append(line.strip())
+                log.debug("%s", line)
+            else:
                 log.log(_pending_level, "%s", line)
     except Exception:  # pragma: no cover - logging must not break inference
         pass
@@ -50,6 +60,32 @@ def init_backend() -> None:
         C.llama_log_set(_log_callback, ctypes.c_void_p(0))
         C.llama_backend_init()
         _initialised = True
+
+
+@contextlib.contextmanager
+def errors() -> Iterator[list[str]]:
+    """Collects the warnings and errors llama.cpp logs on this thread meanwhile (model and
+    context creation log from the calling thread) instead of logging them, so that a failure can
+    say why in one message; they still go to the debug log."""
+    previous = getattr(_capture, "lines", None)
+    _capture.lines = lines = []
+    try:
+        yield lines
+    finally:
+        _capture.lines = previous
+
+
+_FUNCTION_PREFIX = re.compile(r"^(?:[a-z_][a-z0-9_]*: )+")  # "llama_model_load: "
+
+
+def reason(lines: list[str], default: str) -> str:
+    """The most telling of captured lines: the first that says what went wrong (llama.cpp then
+    adds generic ones, "failed to load model"), without function-name prefixes."""
+    for line in lines:
+        text = _FUNCTION_PREFIX.sub("", line).removeprefix("error loading model: ").strip()
+        if text and not text.startswith("failed to "):
+            return text
+    return default
 
 
 def system_info() -> str:

@@ -8,10 +8,11 @@ import enum
 import functools
 import logging
 import os
+import subprocess
 from pathlib import Path
 
 from llama_host.engine import lib
-from llama_host.engine.amx import AmxState, amx_state
+from llama_host.engine.amx import LibraryState, library_state
 from llama_host.resource import Resource
 
 C = lib.C
@@ -29,6 +30,10 @@ class Target(enum.IntEnum):
 
 class ModelLoadError(RuntimeError):
     """llama.cpp could not load the file (corrupt, unsupported architecture, out of memory)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"llama.cpp cannot load {path}: {reason}")
+        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,16 +67,24 @@ def offload_layers(target: Target) -> int:
     return -1
 
 
+@functools.cache
 def _extra_buffer_types_safe() -> bool:
     """Extra buffer types carry AMX kernels and weight repacking. Turn them off only when the
-    library has AMX compiled in and AMX faults here; build.sh avoids that case on this machine."""
-    if lib.system_features().get("AMX_INT8") == "1" and amx_state() is AmxState.FAULTING:
-        log.warning(
-            "llama.cpp was built with AMX, but AMX instructions fault on this CPU: loading without "
-            "extra buffer types (no AMX, no weight repacking). Run ./build.sh here to rebuild without AMX."
-        )
+    library has AMX compiled in and its AMX code faults here (decided by running it in a child
+    process: engine/amx.py); build.sh avoids that case for a library it builds on this machine."""
+    if lib.system_features().get("AMX_INT8") != "1":
+        return True
+    try:
+        faulting = library_state() is LibraryState.FAULTING
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        log.warning("cannot tell whether llama.cpp's AMX code runs here (%s): loading without it", e)
         return False
-    return True
+    if faulting:
+        log.warning(
+            "llama.cpp was built with AMX, but its AMX code crashes on this machine: loading without "
+            "extra buffer types (no AMX, no weight repacking, slower). Run ./build.sh here to rebuild without AMX."
+        )
+    return not faulting
 
 
 class Model(Resource):
@@ -84,7 +97,9 @@ class Model(Resource):
         target: Target = Target.CPU,
         n_gpu_layers: int | None = None,
         vocab_only: bool = False,
+        extra_buffer_types: bool | None = None,
     ) -> None:
+        """``extra_buffer_types``: AMX and weight-repacking kernels; None: where they run here."""
         lib.init_backend()
         self.path = Path(path)
         if not self.path.is_file():
@@ -92,10 +107,13 @@ class Model(Resource):
         params = C.llama_model_default_params()
         params.n_gpu_layers = offload_layers(target) if n_gpu_layers is None else n_gpu_layers
         params.vocab_only = vocab_only
-        params.use_extra_bufts = _extra_buffer_types_safe()
-        self._ptr = C.llama_model_load_from_file(os.fsencode(self.path), params)
+        params.use_extra_bufts = _extra_buffer_types_safe() if extra_buffer_types is None else extra_buffer_types
+        with lib.errors() as said:
+            self._ptr = C.llama_model_load_from_file(os.fsencode(self.path), params)
         if not self._ptr:
-            raise ModelLoadError(f"llama.cpp could not load {self.path} (see the log for why)")
+            raise ModelLoadError(self.path, lib.reason(said, "unknown error"))
+        for line in said:
+            log.warning("%s: %s", self.path.name, line)
         self.vocab = C.llama_model_get_vocab(self._ptr)
         self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
         self.info = self._read_info(params.n_gpu_layers)
@@ -160,6 +178,16 @@ class Model(Resource):
             add_bos=bool(C.llama_vocab_get_add_bos(self.vocab)),
             n_gpu_layers=n_gpu_layers,
         )
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one token of context takes: f16 keys and values in every layer.
+        An upper bound (sliding-window and MLA layers take less), for refusing contexts early."""
+        arch = self.info.architecture
+        n_head = max(1, C.llama_model_n_head(self.ptr))
+        n_head_kv = C.llama_model_n_head_kv(self.ptr) or n_head
+        head_k = int(self.meta(f"{arch}.attention.key_length") or 0) or self.info.n_embd // n_head
+        head_v = int(self.meta(f"{arch}.attention.value_length") or 0) or head_k
+        return C.llama_model_n_layer(self.ptr) * n_head_kv * (head_k + head_v) * 2
 
     # --- tokens -----------------------------------------------------------------------------
 

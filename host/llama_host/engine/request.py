@@ -108,3 +108,28 @@ class RequestHandle:
     def _finish(self, result: Result) -> None:
         self.result = result
         self._queue.put(self._END)
+
+
+class Cancellation:
+    """Set once, from any thread, when nobody waits for a run's answer any more (its client has
+    gone, the server shuts down): every handle registered with it, before or after, is cancelled."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handles: list[RequestHandle] = []
+        self.is_set = False
+
+    def register(self, handle: RequestHandle) -> None:
+        with self._lock:
+            self._handles = [h for h in self._handles if h.result is None]  # forget finished ones
+            self._handles.append(handle)
+            if not self.is_set:
+                return
+        handle.cancel()
+
+    def set(self) -> None:
+        with self._lock:
+            self.is_set = True
+            handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.cancel()

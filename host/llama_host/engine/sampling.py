@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import math
+import threading
 from collections.abc import Mapping
 
+import numpy as np
+
+from llama_host.engine import grammar as limits
 from llama_host.engine import lib
 from llama_host.engine.context import Context
 from llama_host.engine.model import Model
@@ -13,6 +18,10 @@ from llama_host.errors import InvalidGrammar
 from llama_host.resource import Resource
 
 C = lib.C
+
+# llama_token_data {int32 id; float logit; float p;}, as numpy sees it
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+assert ctypes.sizeof(C.llama_token_data) == _TOKEN_DATA.itemsize
 
 RANDOM_SEED = 0xFFFFFFFF  # LLAMA_DEFAULT_SEED: llama.cpp draws a random seed
 
@@ -46,74 +55,180 @@ class Sampler(Resource):
     """A native chain for one sequence, in llama.cpp's usual order: logit bias → penalties →
     grammar → (greedy | top-k → typical → top-p → min-p → temperature → seeded draw).
     ``sample`` also feeds the chosen token back into stateful samplers (penalties, grammar).
-    ``ban`` adds tokens that must never be chosen (end-of-generation tokens for ignore_eos)."""
+    ``ban`` adds tokens that must never be chosen (end-of-generation tokens for ignore_eos).
+
+    With a grammar, sampling is llama-server's (common_sampler_sample): the chain draws a token
+    without the grammar, then the grammar checks only that token; only when it refuses does the
+    grammar filter the whole vocabulary and the chain draw again. Greedy picks the same token
+    either way; a seeded draw without top-k/top-p/min-p has the same distribution. The full
+    filter costs every vocabulary token against every live grammar stack, in the scheduler
+    thread (``grammar.MAX_GRAMMAR_BRANCHES`` bounds it); the check costs one token. Where the
+    grammar allows no token at all (it is complete and end-of-generation is banned, or no token
+    of this vocabulary can continue it), ``sample`` returns an end-of-generation token without
+    feeding it to the grammar (llama.cpp would abort the process), and ``exhausted`` is set."""
 
     def __init__(self, model: Model, params: SamplingParams = GREEDY, *, ban: tuple[int, ...] = ()) -> None:
         self.params = params
+        self.exhausted = False
+        self._ptr = self._pre = self._grammar = self._post = None
         p = params
         grammar = None
-        if p.grammar is not None:
+        if p.grammar:  # (llama.cpp takes "" for no grammar)
             # Built first: a grammar that does not parse must fail before anything is allocated.
-            grammar = C.llama_sampler_init_grammar(model.vocab, p.grammar.encode(), b"root")
-            if not grammar:
-                raise InvalidGrammar("the grammar does not parse (GBNF, with a 'root' rule); see the log")
-        chain_params = C.llama_sampler_chain_default_params()
-        chain_params.no_perf = True
-        self._ptr = C.llama_sampler_chain_init(chain_params)
+            grammar = _init_grammar(model, p.grammar)
         bias = {t: b for t, b in p.logit_bias.items() if 0 <= t < model.n_vocab}
         bias.update((t, -math.inf) for t in ban)
+        pre = []
         if bias:
             entries = (C.llama_logit_bias * len(bias))(*(C.llama_logit_bias(t, b) for t, b in bias.items()))
-            self._add(C.llama_sampler_init_logit_bias(model.n_vocab, len(bias), entries))
+            pre.append(C.llama_sampler_init_logit_bias(model.n_vocab, len(bias), entries))
         if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
-            self._add(
+            pre.append(
                 C.llama_sampler_init_penalties(
                     model.n_vocab, p.penalty_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
                 )
             )
-        if grammar is not None:
-            self._add(grammar)
+        post = []
         if p.greedy:
-            self._add(C.llama_sampler_init_greedy())
+            post.append(C.llama_sampler_init_greedy())
+        else:
+            if p.top_k > 0:
+                post.append(C.llama_sampler_init_top_k(p.top_k))
+            if p.typical_p < 1.0:
+                post.append(C.llama_sampler_init_typical(p.typical_p, 1))
+            if p.top_p < 1.0:
+                post.append(C.llama_sampler_init_top_p(p.top_p, 1))
+            if p.min_p > 0.0:
+                post.append(C.llama_sampler_init_min_p(p.min_p, 1))
+            post.append(C.llama_sampler_init_temp(p.temperature))
+            post.append(C.llama_sampler_init_dist(RANDOM_SEED if p.seed is None else p.seed & 0xFFFFFFFF))
+        if grammar is None:
+            self._ptr = _chain(pre + post)
             return
-        if p.top_k > 0:
-            self._add(C.llama_sampler_init_top_k(p.top_k))
-        if p.typical_p < 1.0:
-            self._add(C.llama_sampler_init_typical(p.typical_p, 1))
-        if p.top_p < 1.0:
-            self._add(C.llama_sampler_init_top_p(p.top_p, 1))
-        if p.min_p > 0.0:
-            self._add(C.llama_sampler_init_min_p(p.min_p, 1))
-        self._add(C.llama_sampler_init_temp(p.temperature))
-        self._add(C.llama_sampler_init_dist(RANDOM_SEED if p.seed is None else p.seed & 0xFFFFFFFF))
-
-    def _add(self, sampler) -> None:
-        C.llama_sampler_chain_add(self._ptr, sampler)  # the chain owns it from here
+        self._pre, self._grammar, self._post = _chain(pre), grammar, _chain(post)
+        self._model = model
+        n = model.n_vocab
+        self._template = np.zeros(n, _TOKEN_DATA)
+        self._template["id"] = np.arange(n, dtype=np.int32)
+        self._cur = self._template.copy()
+        self._array = C.llama_token_data_array(self._cur.ctypes.data_as(C.llama_token_data_p), n, -1, False)
+        self._one = C.llama_token_data()
+        self._one_array = C.llama_token_data_array(ctypes.pointer(self._one), 1, -1, False)
 
     def sample(self, ctx: Context, idx: int = -1) -> int:
         """Choose a token from the logits of batch entry ``idx`` (-1: the last with logits)."""
-        return C.llama_sampler_sample(self._ptr, ctx.ptr, idx)
+        if self._grammar is None:
+            return C.llama_sampler_sample(self._ptr, ctx.ptr, idx)
+        if self.exhausted:
+            return self._end_token()
+        logits = np.ctypeslib.as_array(C.llama_get_logits_ith(ctx.ptr, idx), shape=(len(self._cur),))
+        token = self._draw(logits, with_grammar=False)
+        if not self._allows(token):
+            token = self._draw(logits, with_grammar=True)
+            if token is None:
+                self.exhausted = True
+                return self._end_token()
+        for sampler in (self._pre, self._grammar, self._post):
+            C.llama_sampler_accept(sampler, token)
+        return token
+
+    def _draw(self, logits: np.ndarray, *, with_grammar: bool) -> int | None:
+        """What llama_sampler_sample does, from our own copy of the logits (None: the grammar
+        refuses every token)."""
+        cur, array = self._cur, self._array
+        cur[:] = self._template
+        cur["logit"] = logits
+        array.data = cur.ctypes.data_as(C.llama_token_data_p)
+        array.size, array.selected, array.sorted = len(cur), -1, False
+        C.llama_sampler_apply(self._pre, ctypes.byref(array))
+        if with_grammar:
+            C.llama_sampler_apply(self._grammar, ctypes.byref(array))
+            if not np.isfinite(cur["logit"][: array.size]).any():
+                return None
+        C.llama_sampler_apply(self._post, ctypes.byref(array))
+        if not 0 <= array.selected < array.size:  # pragma: no cover - llama.cpp asserts this
+            raise RuntimeError("the sampler chain selected no token")
+        return array.data[array.selected].id
+
+    def _allows(self, token: int) -> bool:
+        one, array = self._one, self._one_array
+        one.id, one.logit, one.p = token, 1.0, 0.0
+        array.size, array.selected, array.sorted = 1, -1, False
+        C.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        return math.isfinite(one.logit)
+
+    def _end_token(self) -> int:
+        vocab = self._model.vocab
+        for token in (C.llama_vocab_eos(vocab), C.llama_vocab_eot(vocab)):
+            if token >= 0:
+                return token
+        eog = self._model.eog_tokens
+        return eog[0] if eog else 0
 
     def reset(self) -> None:
-        C.llama_sampler_reset(self._ptr)
+        self.exhausted = False
+        for sampler in (self._ptr, self._pre, self._grammar, self._post):
+            if sampler:
+                C.llama_sampler_reset(sampler)
 
     def close(self) -> None:
-        if self._ptr:
-            C.llama_sampler_free(self._ptr)
-            self._ptr = None
+        for name in ("_ptr", "_pre", "_grammar", "_post"):
+            sampler = getattr(self, name, None)
+            if sampler:
+                C.llama_sampler_free(sampler)
+                setattr(self, name, None)
+
+
+def _chain(samplers: list) -> ctypes.c_void_p:
+    params = C.llama_sampler_chain_default_params()
+    params.no_perf = True
+    chain = C.llama_sampler_chain_init(params)
+    for sampler in samplers:
+        C.llama_sampler_chain_add(chain, sampler)  # the chain owns it from here
+    return chain
+
+
+_stack_lock = threading.Lock()
+
+
+def _init_grammar(model: Model, text: str):
+    """llama.cpp's grammar sampler for ``text``, checked against the limits first, and parsed on
+    a thread of its own with ``GRAMMAR_STACK_BYTES`` of stack (llama.cpp's parser recurses)."""
+    limits.check_gbnf(text)
+    out: dict = {}
+
+    def work() -> None:
+        with lib.errors() as lines:
+            out["sampler"] = C.llama_sampler_init_grammar(model.vocab, text.encode(), b"root")
+        out["lines"] = lines
+
+    with _stack_lock:  # the size applies to threads started meanwhile, by anyone: briefly
+        try:
+            previous = threading.stack_size(limits.GRAMMAR_STACK_BYTES)
+        except (ValueError, RuntimeError):  # pragma: no cover - a platform without it
+            previous = None
+        try:
+            thread = threading.Thread(target=work, name="grammar-parse", daemon=True)
+            thread.start()
+        finally:
+            if previous is not None:
+                threading.stack_size(previous)
+    thread.join()
+    if not out.get("sampler"):
+        why = lib.reason(out.get("lines", []), "see the log")
+        raise InvalidGrammar(f"llama.cpp refused the grammar (GBNF, with a 'root' rule): {why}")
+    return out["sampler"]
 
 
 def grammar_from_json_schema(schema: str) -> str:
-    """GBNF for a JSON schema, with the converter llama-cpp-python ships (llama.cpp's own)."""
-    import json
-
+    """GBNF for a JSON schema, with the converter llama-cpp-python ships (llama.cpp's own), after
+    the schema's limits are checked (``grammar.check_json_schema``) and with the grammar's after."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+    limits.check_json_schema_text(schema)
     try:
-        json.loads(schema)
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise InvalidGrammar(f"the JSON schema is not valid JSON: {e}") from e
-    try:
-        return json_schema_to_gbnf(schema)
+        text = json_schema_to_gbnf(schema)
     except Exception as e:  # the converter reports bad schemas with asserts, KeyErrors, ...
         raise InvalidGrammar(f"cannot turn the JSON schema into a grammar: {e}") from e
+    limits.check_gbnf(text, "the grammar made from the JSON schema")
+    return text

@@ -1,0 +1,271 @@
+"""Off the happy path: what a model file, a flag, a client that leaves, a slow or idle socket and a
+shutdown under load do to a live server. Each case once killed, wedged or leaked the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from live import Server
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llama_host.cli", "--socket-addr", "127.0.0.1:0", "--log-level",
+                           "warning", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The CLI's refusal: a non-zero exit and exactly one line on stderr."""
+    assert proc.returncode != 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llama-host: error: "), proc.stderr
+    return lines[0]
+
+
+# --- model files and flags: refused before the server listens --------------------------------
+
+
+def _gguf_damage(data: bytes, kind: str) -> bytes:
+    """GGUF v3: magic, version u32, n_tensors u64, n_kv u64, then key/value pairs, each key a
+    u64 length + bytes."""
+    if kind == "truncated":
+        return data[: len(data) // 2]
+    if kind == "2**40 tensors":
+        return data[:8] + struct.pack("<Q", 1 << 40) + data[16:]
+    if kind == "2**60-byte string":
+        return data[:24] + struct.pack("<Q", 1 << 60) + data[32:]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "2**40 tensors", "2**60-byte string"])
+def test_a_model_llama_cpp_cannot_load_stops_the_cli_with_one_line(model_path, tmp_path, kind):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(_gguf_damage(model_path("tiny").read_bytes(), kind))
+    line = one_error_line(cli(f"--nn-preload=default:GGML:CPU:{bad}", "default", "chatml"))
+    assert str(bad) in line and "cannot load" in line
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--parallel", "100000"], "at most 256"),
+    (["--threads", "100000"], "at most 512"),
+    (["--ctx-size", "1099511627776"], "tokens per sequence"),
+    (["--ctx-size", str(1 << 28), "--parallel", "4"], "of memory available"),
+])
+def test_contexts_the_machine_cannot_hold_are_refused_with_the_limit(model_path, args, words):
+    line = one_error_line(cli(f"--nn-preload=default:GGML:CPU:{model_path('tiny')}", *args, "default", "chatml"))
+    assert words in line and "'default'" in line
+
+
+@pytest.mark.parametrize("content,words", [
+    (b"\xff\xfe\x00binary", "not UTF-8"),
+    (b"ctx-size: [unclosed", "not valid YAML"),
+    (b"[" * 100_000, "nests too deeply"),
+])
+def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path, content, words):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    assert words in one_error_line(cli("--config", str(path)))
+
+
+def test_sigterm_while_loading_exits_cleanly(model_path):
+    proc = subprocess.Popen([sys.executable, "-m", "llama_host.cli", "--socket-addr", "127.0.0.1:0",
+                             f"--nn-preload=default:GGML:CPU:{model_path('tiny')}", "default", "chatml"],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "loading default" in line:
+            break
+    proc.send_signal(signal.SIGTERM)  # while loading, or just after: a clean stop either way
+    assert proc.wait(30) in (0, 130)
+    assert "Traceback" not in proc.stderr.read()
+
+
+# --- a live server ---------------------------------------------------------------------------
+
+TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def server(model_path):
+    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('tiny')}", "--ctx-size", "8192", "--parallel", "4",
+                "--timeout-head", str(TIMEOUT_S), "--timeout-body", str(TIMEOUT_S), "--timeout-keep-alive",
+                str(TIMEOUT_S), "default", "chatml"])
+    yield s
+    assert s.stop() == 0, s.output
+    assert "Traceback" not in s.output, s.output
+
+
+def metric(server: Server, name: str) -> float:
+    text = httpx.get(server.url + "/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def wait_idle(server: Server, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while metric(server, "llama_host_busy_sequences") or metric(server, "llama_host_queue_depth"):
+        assert time.monotonic() < deadline, "the engine still generates for clients that are gone"
+        time.sleep(0.05)
+
+
+def open_fds(server: Server) -> int:
+    return len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+
+
+LONG = {"model": "default", "prompt": "once", "max_tokens": 100_000, "ignore_eos": True}
+
+
+def test_an_abandoned_non_streamed_request_stops_generating(server):
+    before = metric(server, "llama_host_generated_tokens_total")
+
+    def abandon(_):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/completions", json=LONG, timeout=1.5)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(abandon, range(4)))
+    wait_idle(server, 5)
+    stopped = metric(server, "llama_host_generated_tokens_total")
+    time.sleep(1.0)
+    assert metric(server, "llama_host_generated_tokens_total") == stopped  # nothing decodes for them
+    # Each ran for about its client's 1.5 s, not to the end of its 8192-token context.
+    assert stopped - before < 4 * 8000
+    assert server.healthy()
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bytes:
+    """What the server sends before it closes the connection (fails if it stays open)."""
+    sock.settimeout(seconds)
+    data = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+    raise AssertionError(f"the server kept the connection open ({data[:200]!r})")
+
+
+def _connect(server: Server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=5)
+
+
+def test_an_idle_connection_is_closed(server):
+    with _connect(server) as sock:
+        assert _closed_within(sock, TIMEOUT_S + 3) == b""
+
+
+def test_a_slowloris_head_gets_408_and_is_closed(server):
+    with _connect(server) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(3):
+            time.sleep(TIMEOUT_S / 3)
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                break
+        answer = _closed_within(sock, TIMEOUT_S + 3)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+
+
+def test_a_stalled_body_gets_408_and_is_closed(server):
+    with _connect(server) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"model\":")
+        answer = _closed_within(sock, TIMEOUT_S + 3)
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"request body did not arrive" in answer
+    assert server.healthy()
+
+
+def test_an_idle_keep_alive_connection_is_closed(server):
+    with _connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert _closed_within(sock, TIMEOUT_S + 3) == b""
+
+
+def test_many_idle_and_slow_connections_leave_no_file_descriptors(server):
+    baseline = open_fds(server)
+    socks = [_connect(server) for _ in range(150)]
+    for sock in socks[:30]:
+        sock.sendall(b"GET /health HTTP/1.1\r\n")  # slow: a head that never ends
+    time.sleep(0.3)
+    assert open_fds(server) >= baseline + 100  # the server does hold them meanwhile
+    assert server.healthy()  # and still answers others
+    for sock in socks:
+        _closed_within(sock, TIMEOUT_S + 5)
+        sock.close()
+    deadline = time.monotonic() + 5
+    while open_fds(server) > baseline + 2:
+        assert time.monotonic() < deadline, f"{open_fds(server)} fds open, {baseline} before"
+        time.sleep(0.1)
+
+
+def test_errors_echo_a_bounded_part_of_what_the_client_sent(server):
+    r = httpx.get(server.url + "/" + "x" * 60_000)
+    assert r.status_code == 404 and len(r.content) < 1000
+
+
+# --- shutdown --------------------------------------------------------------------------------
+
+
+def test_sigterm_under_load_ends_every_stream_with_an_error_and_done(model_path):
+    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('tiny')}", "--ctx-size", "16384", "--parallel", "6",
+                "--shutdown-grace", "1", "default", "chatml"])
+
+    def stream(_):
+        lines = []
+        with httpx.stream("POST", s.url + "/v1/completions", json={**LONG, "stream": True}, timeout=60) as r:
+            for line in r.iter_lines():
+                if line:
+                    lines.append(line)
+        return lines
+
+    with ThreadPoolExecutor(6) as pool:
+        streams = [pool.submit(stream, i) for i in range(6)]
+        deadline = time.monotonic() + 20
+        while metric(s, "llama_host_busy_sequences") < 6:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        # Refused once shutting down: the listener is closed.
+        results = [f.result(timeout=30) for f in streams]
+    assert s.proc.wait(30) == 0
+    assert time.monotonic() - started < 10
+    for lines in results:
+        assert lines[-1] == "data: [DONE]"
+        error = json.loads(lines[-2].removeprefix("data: "))["error"]
+        assert error["code"] == "unavailable" and "shutting down" in error["message"]
+    output = s.log()
+    assert "Traceback" not in output and "CancelledError" not in output
+
+
+def test_requests_that_finish_within_the_grace_are_answered(model_path):
+    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('tiny')}", "--ctx-size", "1024", "--parallel", "2",
+                "--shutdown-grace", "10", "default", "chatml"])
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, s.url + "/v1/completions", timeout=60,
+                              json={"model": "default", "prompt": "a", "max_tokens": 300, "ignore_eos": True})
+        time.sleep(0.05)
+        s.proc.send_signal(signal.SIGTERM)
+        answer = pending.result(timeout=30)
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 300
+    assert s.proc.wait(30) == 0
