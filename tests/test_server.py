@@ -344,6 +344,10 @@ CLI_ERRORS = [
     (["--log-level", "loud"], "log level"),
     (["--web-ui", "/no/such/dir"], "not a folder"),
     (["--frobnicate"], "No such option"),
+    (["--timeout-head", "0"], "--timeout-head must be more than 0"),
+    (["--timeout-body", "1e9"], "at most 86400 seconds"),
+    (["--timeout-keep-alive", "soon"], "--timeout-keep-alive"),
+    (["--shutdown-grace", "-1"], "--shutdown-grace must be more than 0"),
 ]
 
 

@@ -38,7 +38,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _heads = 0  # heads completed on this connection
     _refused = False
     _timer: asyncio.TimerHandle | None = None  # the head's or the body's deadline
-    _head_bytes = 0  # bytes received since the current head began
     timeout_head = 10.0  # seconds (see with_timeouts)
     timeout_body = 60.0
 
@@ -58,10 +57,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return  # lingering after a refusal (see _refuse): dropped unparsed
-        if self._in_head:
-            if self._timer is None:  # a new head on a kept-alive connection
-                self._arm(self.timeout_head, self._head_timed_out)
-            self._head_bytes += len(data)
+        if self._in_head and self._timer is None:  # a new head on a kept-alive connection
+            self._arm(self.timeout_head, self._head_timed_out)
         in_head, heads = self._in_head, self._heads
         super().data_received(data)
         if self._refused or self.transport.is_closing():
@@ -86,7 +83,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._unparsed, self._heads = False, 0, self._heads + 1
-        self._head_bytes = 0
         self._arm(self.timeout_body, self._body_timed_out)
         super().on_headers_complete()
 
@@ -110,7 +106,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._timer = None
         if self._refused or self.transport.is_closing() or not self._in_head:
             return
-        if self._head_bytes == 0:  # idle: nothing to answer
+        if self._unparsed == 0:  # idle (no byte of this head has come): nothing to answer
             self.transport.close()
             return
         self._refuse(ErrorKind.REQUEST_TIMEOUT, f"the request line and headers did not arrive within {self.timeout_head:g} s")

@@ -217,9 +217,10 @@ async def run_guest(
                     yield event
                 item = await queue.get()
             # The stream had started: an error is its last event.
-            error = item.error.body() if item is not SHUTDOWN and item.error is not None else None
             if item is SHUTDOWN:
                 error = error_body(ErrorKind.UNAVAILABLE, SHUTDOWN_MESSAGE)
+            else:
+                error = item.error.body() if item.error is not None else None
             if error is not None:
                 yield b"data: " + orjson.dumps(error) + b"\n\n"
                 if translation is None:

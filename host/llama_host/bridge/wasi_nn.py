@@ -208,7 +208,6 @@ class NnSession:
         if ctx.metadata.get("embedding"):
             return self._embed(ctx)
         handle = self._submit(ctx)
-        self.cancel.register(handle)
         if self.stream_stdout is not None and ctx.metadata.get("stream-stdout"):
             for out in handle:
                 piece = out.text.encode()
@@ -226,7 +225,6 @@ class NnSession:
             ctx.result = None
             ctx.generated = 0
             ctx.handle = self._submit(ctx)
-            self.cancel.register(ctx.handle)
         out = ctx.handle.next()
         if out is None:
             return self._finished(ctx, ctx.handle.result, single=True)
@@ -301,7 +299,7 @@ class NnSession:
                 tokens, sampling, max_tokens=None if n_predict < 0 else n_predict, stop=stop,
                 ignore_eos=md.get("ignore-eos", False),
             )
-            return served.engine.submit(request)
+            handle = served.engine.submit(request)
         except PromptTooLong as e:
             raise NnError(Errno.PROMPT_TOO_LONG, str(e)) from e
         except InvalidGrammar as e:
@@ -310,6 +308,8 @@ class NnSession:
             raise NnError(Errno.BUSY, str(e)) from e
         except EngineClosed as e:
             raise NnError(Errno.RUNTIME_ERROR, str(e)) from e
+        self.cancel.register(handle)
+        return handle
 
     def _finished(self, ctx: ExecContext, result: Result, *, single: bool) -> Errno:
         ctx.result = result

@@ -69,13 +69,12 @@ def check_config(model: Model, config: EngineConfig) -> None:
     if config.parallel > max_seq:
         raise UnservableConfig(f"{config.parallel} parallel sequences: llama.cpp decodes at most {max_seq}")
     cells = config.ctx_size * config.parallel
-    per_token = model.kv_bytes_per_token()
     most = MAX_CELLS // config.parallel
     if cells > MAX_CELLS:
         raise UnservableConfig(f"a context of {config.ctx_size} tokens × {config.parallel} sequences is more "
                               f"than llama.cpp can address: at most {most} tokens per sequence")
     if model.info.n_gpu_layers == 0 or not lib.supports_gpu_offload():  # the KV cache is in host memory
-        available = available_memory()
+        available, per_token = available_memory(), model.kv_bytes_per_token()
         if available is not None and cells * per_token > available:
             most = min(most, available // (per_token * config.parallel))
             raise UnservableConfig(

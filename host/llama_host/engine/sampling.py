@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import functools
 import math
 import threading
 from collections.abc import Mapping
@@ -220,15 +221,15 @@ def _init_grammar(model: Model, text: str):
     return out["sampler"]
 
 
+@functools.lru_cache(maxsize=32)  # agents send the same schema with every request
 def grammar_from_json_schema(schema: str) -> str:
     """GBNF for a JSON schema, with the converter llama-cpp-python ships (llama.cpp's own), after
-    the schema's limits are checked (``grammar.check_json_schema``) and with the grammar's after."""
+    the schema's limits are checked (``grammar.check_json_schema``); the grammar is checked where
+    every grammar is, when its sampler is made."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     limits.check_json_schema_text(schema)
     try:
-        text = json_schema_to_gbnf(schema)
+        return json_schema_to_gbnf(schema)
     except Exception as e:  # the converter reports bad schemas with asserts, KeyErrors, ...
         raise InvalidGrammar(f"cannot turn the JSON schema into a grammar: {e}") from e
-    limits.check_gbnf(text, "the grammar made from the JSON schema")
-    return text
