@@ -264,7 +264,11 @@ def test_requests_that_finish_within_the_grace_are_answered(model_path):
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, s.url + "/v1/completions", timeout=60,
                               json={"model": "default", "prompt": "a", "max_tokens": 300, "ignore_eos": True})
-        time.sleep(0.05)
+        # Signal only once the request is being decoded: before that, the closed listener refuses it.
+        deadline = time.monotonic() + 20
+        while metric(s, "llama_host_busy_sequences") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         s.proc.send_signal(signal.SIGTERM)
         answer = pending.result(timeout=30)
     assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 300
