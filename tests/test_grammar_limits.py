@@ -175,14 +175,19 @@ def llama_parses(model, text: str) -> bool:
         if p:
             lib.C.llama_sampler_free(p)
 
-    previous = threading.stack_size(G.GRAMMAR_STACK_BYTES)
+    _run_with_stack(work, G.GRAMMAR_STACK_BYTES)
+    return out["ok"]
+
+
+def _run_with_stack(work, stack_bytes: int) -> None:
+    """Runs ``work`` on a thread with a stack of ``stack_bytes`` and waits for it."""
+    previous = threading.stack_size(stack_bytes)
     try:
         t = threading.Thread(target=work)
         t.start()
     finally:
         threading.stack_size(previous)
     t.join()
-    return out["ok"]
 
 
 _ITEMS = ['"ab"', '"\\n"', '"\\x41"', '"\\u00e9"', '""', '"\\q"', '"\\x4"', "[a-z]", "[^\\n]", "[\\]-]", "[a-]",
@@ -250,13 +255,7 @@ def test_checked_grammars_parse_and_sample_in_a_small_stack(tiny_model):
             with Sampler(tiny_model, SamplingParams(temperature=0.0, grammar=text)) as sampler:
                 out["token"] = sampler.sample(ctx, len(tokens) - 1)
 
-        previous = threading.stack_size(256 * 1024)
-        try:
-            t = threading.Thread(target=work)
-            t.start()
-        finally:
-            threading.stack_size(previous)
-        t.join()
+        _run_with_stack(work, 256 * 1024)
     assert tiny_model.piece(out["token"]).startswith(b"a")
 
 
