@@ -87,6 +87,99 @@ def test_json_response_format(server):
         assert r.choices[0].message.content.lstrip().startswith("{")
 
 
+ENUM_SCHEMA = {"type": "object", "properties": {"a": {"enum": ["x"]}}, "required": ["a"], "additionalProperties": False}
+
+
+def _obeys_enum_schema(content: str, finish_reason: str) -> bool:
+    """The only object ENUM_SCHEMA allows is {"a": "x"}; cut short, a prefix of it."""
+    if finish_reason == "stop":
+        return json.loads(content) == {"a": "x"}
+    return '{"a":"x"}'.startswith("".join(content.split()))
+
+
+@pytest.mark.parametrize("extra", [
+    {"response_format": {"type": "json_object", "schema": ENUM_SCHEMA}},  # llama-server's extension
+    {"json_schema": ENUM_SCHEMA},  # llama-server's top-level field
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": ENUM_SCHEMA}}},
+    {"json_schema": {"type": "string"}, "response_format": {"type": "json_object", "schema": ENUM_SCHEMA}},
+])
+def test_schemas_beside_json_object_and_top_level_constrain_the_answer(server, extra):
+    r = httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                   json={"model": "tiny", "messages": M, "max_tokens": 40, "temperature": 0, **extra}).json()
+    choice = r["choices"][0]
+    assert _obeys_enum_schema(choice["message"]["content"], choice["finish_reason"]), choice
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"response_format": {"type": "json_object", "schema": {"type": "nonsense"}}}, "response_format.schema"),
+    ({"json_schema": {"$ref": "#/definitions/missing"}}, "json_schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"pattern": "("}}}},
+     "response_format.json_schema.schema"),
+    ({"json_schema": "not an object"}, "json_schema"),
+    ({"response_format": {"type": "json_object", "schema": []}}, "response_format.schema"),
+])
+def test_an_invalid_schema_is_a_400_naming_its_field(server, extra, param):
+    r = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": M, "max_tokens": 4, **extra})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    completion = httpx.post(server.url + "/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 4,
+                                                                  "json_schema": {"type": "nonsense"}})
+    assert completion.status_code == 400 and completion.json()["error"]["param"] == "json_schema"
+
+
+def test_models_retrieve(server):
+    client = server.client()
+    model = client.models.retrieve("gpt-3.5-turbo")
+    assert (model.id, model.object, model.owned_by) == ("gpt-3.5-turbo", "model", "llama-host")
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("org/missing-model")
+    assert e.value.body["code"] == "model_not_found" and "available: default, gpt-3.5-turbo, tiny" in e.value.body["message"]
+    assert httpx.get(server.url + "/models/tiny").json()["id"] == "tiny"
+
+
+def test_routes_without_v1_answer_as_with_it(server):
+    client = openai.OpenAI(base_url=server.url, api_key="none")
+    chat = dict(model="tiny", messages=M, max_tokens=5, temperature=0)
+    assert (client.chat.completions.create(**chat).choices[0].message.content
+            == server.client().chat.completions.create(**chat).choices[0].message.content)
+    text = dict(model="tiny", prompt="one two", max_tokens=5, temperature=0)
+    assert client.completions.create(**text).choices[0].text == server.client().completions.create(**text).choices[0].text
+    assert client.embeddings.create(model="tiny", input="hi").data[0].embedding == pytest.approx(
+        server.client().embeddings.create(model="tiny", input="hi").data[0].embedding, abs=1e-6)
+    assert [m.id for m in client.models.list().data] == ["default", "gpt-3.5-turbo", "tiny"]
+    prompt = httpx.post(server.url + "/apply-template", json={"model": "tiny", "messages": M}).json()["prompt"]
+    assert prompt == httpx.post(server.url + "/v1/apply-template", json={"model": "tiny", "messages": M}).json()["prompt"]
+    # /embeddings is llm-api's too: its body has "text" where OpenAI's has "input"
+    llm_api = httpx.post(server.url + "/embeddings", json={"text": "hi"}).json()
+    assert isinstance(llm_api, list) and len(llm_api) > 1
+
+
+def test_every_answer_has_a_request_id(server):
+    client = server.client()
+    raw = client.chat.completions.with_raw_response.create(model="tiny", messages=M, max_tokens=2)
+    assert raw.request_id == raw.parse().id and raw.request_id.startswith("chatcmpl-")
+    with client.completions.with_streaming_response.create(model="tiny", prompt="a", max_tokens=2, stream=True) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        assert r.headers["x-request-id"] == chunks[0]["id"] and r.headers["x-request-id"].startswith("cmpl-")
+    ids = {httpx.get(server.url + path).headers["x-request-id"] for path in ("/v1/models", "/health", "/v1/nothing")}
+    error = httpx.post(server.url + "/v1/chat/completions", json={"model": "tiny", "messages": []})
+    ids.add(error.headers["x-request-id"])
+    ids.add(httpx.post(server.url + "/v1/embeddings", json={"model": "tiny", "input": "a"}).headers["x-request-id"])
+    assert len(ids) == 5 and all(i.startswith("req-") for i in ids)
+
+
+def test_the_log_line_of_a_request_names_its_id(model_path):
+    s = Server([f"--nn-preload=tiny:GGML:CPU:{model_path('tiny')}", "--log-level", "info", "tiny", "chatml"])
+    try:
+        r = httpx.post(s.url + "/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 2})
+        bad = httpx.post(s.url + "/v1/completions", json={"model": "tiny"})
+        httpx.get(s.url + "/health")
+    finally:
+        assert s.stop() == 0
+    assert f"POST /v1/completions 200 {r.headers['x-request-id']}" in s.output
+    assert f"POST /v1/completions 400 {bad.headers['x-request-id']}" in s.output
+    assert "GET /health" not in s.output
+
+
 def test_embeddings_float_and_base64(server):
     client = server.client()
     r = client.embeddings.create(model="tiny", input=["hello world", "bye"])  # the SDK asks for base64
@@ -289,8 +382,13 @@ def test_api_key_cors_body_limit_and_web_ui(model_path, tmp_path):
         # Public, as on llama-server: the probes of load balancers and OpenAI clients.
         assert httpx.get(s.url + "/health").status_code == 200
         assert [m.id for m in s.client(api_key="wrong").models.list().data] == ["tiny"]
-        # Behind the key: what reaches a model, and the metrics.
+        assert s.client(api_key="wrong").models.retrieve("tiny").id == "tiny"
+        assert httpx.get(s.url + "/models").status_code == 200
+        # Behind the key: what reaches a model (with or without /v1), and the metrics.
         assert httpx.post(s.url + "/v1/models").status_code == 401
+        for path in ("/chat/completions", "/completions", "/embeddings", "/apply-template"):
+            unauthorized = httpx.post(s.url + path, json=body)
+            assert unauthorized.status_code == 401 and unauthorized.headers["x-request-id"].startswith("req-"), path
         assert httpx.get(s.url + "/metrics").status_code == 401
         assert httpx.get(s.url + "/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert "my chat ui" in httpx.get(s.url + "/").text
@@ -298,6 +396,8 @@ def test_api_key_cors_body_limit_and_web_ui(model_path, tmp_path):
             "Origin": "https://chat.example", "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": "authorization,content-type"})
         assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://chat.example"
+        cors = httpx.get(s.url + "/v1/models", headers={"Origin": "https://chat.example"})
+        assert cors.headers["access-control-expose-headers"].lower() == "x-request-id"
         big = httpx.post(s.url + "/v1/chat/completions", headers={"Authorization": "Bearer s3cret"},
                          json={**body, "messages": [{"role": "user", "content": "x" * 5000}]})
         assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"

@@ -31,6 +31,7 @@ const Job = struct {
     stream: bool = false,
     include_usage: bool = false,
     echo: ?[]const u8 = null, // completions: the prompt, prepended to the text
+    grammar_param: ?[]const u8 = null, // the field a grammar the host refuses came from
 };
 
 pub fn serve(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, failure: *Failure) Error!void {
@@ -127,7 +128,10 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
     if (try request.integer("repeat_last_n", -1, std.math.maxInt(i32))) |n| try md.put("repeat-last-n", .{ .integer = n });
     if (try request.integer("seed", std.math.minInt(i64), std.math.maxInt(i64))) |n| try md.put("seed", .{ .integer = n });
     if (try request.boolean("ignore_eos")) |b| try md.put("ignore-eos", .{ .bool = b });
-    if (try request.string("grammar")) |g| try md.put("grammar", .{ .string = g });
+    if (try request.string("grammar")) |g| {
+        try md.put("grammar", .{ .string = g });
+        job.grammar_param = "grammar";
+    }
     _ = try request.string("user");
     if (try request.integer("n", 1, std.math.maxInt(i32))) |n| if (n != 1)
         return request.problem.fail("n", "'n' must be 1: one choice per request is supported, got {d}", .{n});
@@ -135,7 +139,9 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
         return request.problem.fail("logprobs", "'logprobs' is not supported", .{});
     try stopStrings(request, md);
     try logitBias(gpa, request, md);
-    if (api != .completion) try responseFormat(gpa, request, md);
+    // llama-server's top-level `json_schema`; `response_format` wins over it; `grammar` over both.
+    if (try request.object("json_schema")) |schema| try putSchema(gpa, &job, "json_schema", schema.map);
+    if (api != .completion) try responseFormat(gpa, request, &job);
 
     job.stream = (try request.boolean("stream")) orelse false;
     if (try request.object("stream_options")) |opts| {
@@ -180,22 +186,33 @@ fn logitBias(gpa: Allocator, request: Object, md: *std.json.ObjectMap) fields.In
     try md.put("logit-bias", .{ .object = out });
 }
 
-fn responseFormat(gpa: Allocator, request: Object, md: *std.json.ObjectMap) fields.Invalid!void {
+/// A JSON schema for the host to turn into a grammar; `param` names its field in errors.
+fn putSchema(gpa: Allocator, job: *Job, param: []const u8, schema: std.json.ObjectMap) error{OutOfMemory}!void {
+    const text = try std.json.stringifyAlloc(gpa, Value{ .object = schema }, .{});
+    try putSchemaText(job, param, text);
+}
+
+fn putSchemaText(job: *Job, param: []const u8, text: []const u8) error{OutOfMemory}!void {
+    try job.metadata.put("json-schema", .{ .string = text });
+    if (job.metadata.get("grammar") == null) job.grammar_param = param; // (else the host uses the grammar)
+}
+
+fn responseFormat(gpa: Allocator, request: Object, job: *Job) fields.Invalid!void {
     const format = (try request.object("response_format")) orelse return;
     const kind = (try format.string("type")) orelse return request.problem.fail("response_format.type", "'response_format.type' is required", .{});
     if (std.mem.eql(u8, kind, "text")) return;
     if (std.mem.eql(u8, kind, "json_object")) {
-        try md.put("json-schema", .{ .string = "{\"type\": \"object\"}" });
-        return;
+        // llama-server's extension: a `schema` beside the type constrains the object further.
+        const schema = try format.object("schema");
+        if (schema) |s| return putSchema(gpa, job, "response_format.schema", s.map);
+        return putSchemaText(job, "response_format", "{\"type\": \"object\"}");
     }
     if (std.mem.eql(u8, kind, "json_schema")) {
         const spec = (try format.object("json_schema")) orelse
             return request.problem.fail("response_format.json_schema", "'response_format.json_schema' is required for type json_schema", .{});
         const schema = (try spec.object("schema")) orelse
             return request.problem.fail("response_format.json_schema.schema", "'response_format.json_schema.schema' is required", .{});
-        const text = try std.json.stringifyAlloc(gpa, Value{ .object = schema.map }, .{});
-        try md.put("json-schema", .{ .string = text });
-        return;
+        return putSchema(gpa, job, "response_format.json_schema.schema", schema.map);
     }
     return request.problem.fail("response_format.type", "'response_format.type' must be text, json_object or json_schema, not '{}'", .{fields.echo(kind)});
 }
@@ -226,10 +243,7 @@ pub fn hostFailure(gpa: Allocator, err: anyerror, prompt_param: ?[]const u8, fai
 }
 
 fn jobFailure(gpa: Allocator, err: anyerror, job: *const Job, api: Api, failure: *Failure) Error {
-    const grammar_param: ?[]const u8 = if (job.metadata.get("grammar") != null)
-        "grammar"
-    else if (job.metadata.get("json-schema") != null) "response_format" else null;
-    return hostFailureFor(gpa, err, if (api == .chat) "messages" else "prompt", grammar_param, failure);
+    return hostFailureFor(gpa, err, if (api == .chat) "messages" else "prompt", job.grammar_param, failure);
 }
 
 fn hostFailureFor(gpa: Allocator, err: anyerror, prompt_param: ?[]const u8, grammar_param: ?[]const u8, failure: *Failure) Error {

@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 import hmac
 import logging
+import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -37,11 +39,17 @@ from llama_host.serving import Reply, Serving
 
 log = logging.getLogger(__name__)
 
+# The OpenAI routes: served at /v1/... and, as llama-server does, without the prefix (many clients
+# are configured with a base URL that has no /v1).
+OPENAI_ROUTES = (("/chat/completions", "chat"), ("/completions", "complete"), ("/embeddings", "embed"),
+                 ("/apply-template", "apply-template"))
+
 # What an API key guards: everything that reaches a model, and /metrics (as llama-server does).
 # Left open, as llama-server leaves them, for the probes of load balancers and OpenAI clients:
-# /health, GET /v1/models, and the chat page (it asks for the key itself).
-PROTECTED = ("/v1", "/metrics", *(e.path for e in compat.ENDPOINTS))
-PUBLIC = {("GET", "/v1/models")}
+# /health, GET of the model list and of one model, and the chat page (it asks for the key itself).
+PROTECTED = ("/v1", "/metrics", "/models", *(path for path, _ in OPENAI_ROUTES), *(e.path for e in compat.ENDPOINTS))
+PUBLIC_GET = re.compile(r"/(?:v1/)?models(?:/.*)?")
+REQUEST_ID = "x-request-id"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -85,6 +93,20 @@ SHUTDOWN = object()  # put in a request's queue by State.end_streams
 def error_response(kind: ErrorKind, message: str, param: str | None = None, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(error_body(kind, message, param)), kind.http_status,
                     headers=headers, media_type="application/json")
+
+
+def new_request_id() -> str:
+    return "req-" + secrets.token_hex(12)
+
+
+def _answer_id(data: bytes) -> str | None:
+    """The ``id`` of a guest answer (a completion's, or a stream's first chunk's), if it has one."""
+    try:
+        answer = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    value = answer.get("id") if isinstance(answer, dict) else None
+    return value if isinstance(value, str) and value.isascii() and value.isprintable() else None
 
 
 class RequestTooLarge(Exception):
@@ -138,15 +160,37 @@ def compat_route(api: compat.Endpoint) -> Callable:
         body = await _request_body(request)
         if isinstance(body, Response):
             return body
-        try:
-            translated = api.request(orjson.loads(body))
-        except orjson.JSONDecodeError as e:
-            return error_response(ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
-        except compat.CompatError as e:
-            return error_response(ErrorKind.INVALID_REQUEST, str(e), e.param)
-        return await run_guest(request, api.command, api.path, orjson.dumps(translated), translation=(api, translated))
+        return await _run_compat(request, api, body)
 
     return endpoint
+
+
+async def _run_compat(request: Request, api: compat.Endpoint, body: bytes) -> Response:
+    try:
+        translated = api.request(orjson.loads(body))
+    except orjson.JSONDecodeError as e:
+        return error_response(ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
+    except compat.CompatError as e:
+        return error_response(ErrorKind.INVALID_REQUEST, str(e), e.param)
+    return await run_guest(request, api.command, api.path, orjson.dumps(translated), translation=(api, translated))
+
+
+LLM_API_EMBEDDINGS = next(e for e in compat.ENDPOINTS if e.path == "/embeddings")
+
+
+async def embeddings_route(request: Request) -> Response:
+    """``POST /embeddings`` is both OpenAI's (unprefixed) and llm-api's: a body with ``input``
+    is OpenAI's, any other llm-api's (whose body is ``{"text": ...}``)."""
+    body = await _request_body(request)
+    if isinstance(body, Response):
+        return body
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and "input" in parsed:
+        return await run_guest(request, "embed", "/embeddings", body)
+    return await _run_compat(request, LLM_API_EMBEDDINGS, body)
 
 
 async def run_guest(
@@ -200,11 +244,13 @@ async def run_guest(
         else:
             await task
         state.metrics.finished(route, first.status, time.perf_counter() - started)
-        headers = {"Retry-After": "1"} if first.status == 503 else None
+        headers = {REQUEST_ID: _answer_id(first.body) or new_request_id()}
+        if first.status == 503:
+            headers["Retry-After"] = "1"
         if translation is not None and first.status == 200:
             api, translated = translation
             data = api.response(translated, orjson.loads(first.body), time.perf_counter() - started)
-            return Response(orjson.dumps(data), media_type="application/json")
+            return Response(orjson.dumps(data), headers=headers, media_type="application/json")
         return Response(first.body, first.status, headers=headers, media_type="application/json")
     state.metrics.first_token(time.perf_counter() - started)
     to_event = _openai_event if translation is None else _compat_event(translation[0])
@@ -232,7 +278,8 @@ async def run_guest(
             if not task.done() and item is not SHUTDOWN:
                 state.metrics.finished(route, 499, time.perf_counter() - started)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    headers = {**SSE_HEADERS, REQUEST_ID: _answer_id(first) or new_request_id()}
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 SHUTDOWN_MESSAGE = "the server is shutting down; retry on another instance or later"
@@ -276,12 +323,24 @@ def _compat_event(api: compat.Endpoint) -> Callable[[bytes], bytes]:
     return event
 
 
+def _model_object(state: State, model_id: str) -> dict:
+    return {"id": model_id, "object": "model", "created": int(state.metrics.started), "owned_by": "llama-host"}
+
+
 def models_route(request: Request) -> Response:
     state: State = request.app.state.llama
-    routes = state.serving.routes
-    created = int(state.metrics.started)
-    data = [{"id": r.id, "object": "model", "created": created, "owned_by": "llama-host"} for r in routes]
-    return JSONResponse({"object": "list", "data": data})
+    return JSONResponse({"object": "list", "data": [_model_object(state, r.id) for r in state.serving.routes]})
+
+
+def model_route(request: Request) -> Response:
+    """One model (the SDK's ``models.retrieve``); an id may hold slashes (``org/name``)."""
+    state: State = request.app.state.llama
+    model_id = request.path_params["model"]
+    ids = [r.id for r in state.serving.routes]
+    if model_id not in ids:
+        return error_response(ErrorKind.MODEL_NOT_FOUND,
+                              f"the model '{echo(model_id)}' does not exist; available: {', '.join(ids)}", "model")
+    return JSONResponse(_model_object(state, model_id))
 
 
 def info_route(request: Request) -> Response:
@@ -346,7 +405,8 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self.expected is not None and scope["type"] == "http" and scope["method"] != "OPTIONS"
-                and scope["path"].startswith(PROTECTED) and (scope["method"], scope["path"]) not in PUBLIC):
+                and scope["path"].startswith(PROTECTED)
+                and not (scope["method"] == "GET" and PUBLIC_GET.fullmatch(scope["path"]))):
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 message = "invalid API key" if given else "missing API key: send 'Authorization: Bearer <key>'"
@@ -355,30 +415,63 @@ class ApiKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+class RequestIdMiddleware:
+    """Every HTTP answer carries ``x-request-id`` (the routes that run the guest set it to the
+    answer's id; any other answer gets a fresh one) and is logged with it: one INFO line per
+    request, but for the probes (/health, /metrics)."""
+
+    QUIET = ("/health", "/metrics")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                found = [v for k, v in headers if k.lower() == REQUEST_ID.encode()]
+                request_id = found[0].decode("latin-1") if found else new_request_id()
+                if not found:
+                    headers.append((REQUEST_ID.encode(), request_id.encode()))
+                    message = {**message, "headers": headers}
+                if scope["path"] not in self.QUIET:
+                    log.info("%s %s %d %s", scope["method"], echo(scope["path"]), message["status"], request_id)
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
 def create_app(state: State) -> Starlette:
     routes = [
         Route("/health", health_route, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
-        Route("/v1/models", models_route, methods=["GET", "POST"]),
         Route("/v1/info", info_route, methods=["GET"]),
-        Route("/v1/chat/completions", guest_route("chat", "/v1/chat/completions"), methods=["POST"]),
-        Route("/v1/completions", guest_route("complete", "/v1/completions"), methods=["POST"]),
-        Route("/v1/embeddings", guest_route("embed", "/v1/embeddings"), methods=["POST"]),
-        Route("/v1/apply-template", guest_route("apply-template", "/v1/apply-template"), methods=["POST"]),
     ]
-    routes += [Route(e.path, compat_route(e), methods=[e.method]) for e in compat.ENDPOINTS]
+    for prefix in ("/v1", ""):
+        routes += [Route(f"{prefix}/models", models_route, methods=["GET", "POST"]),
+                   Route(prefix + "/models/{model:path}", model_route, methods=["GET"])]
+    routes += [Route(f"/v1{path}", guest_route(command, f"/v1{path}"), methods=["POST"]) for path, command in OPENAI_ROUTES]
+    routes += [Route(path, guest_route(command, path), methods=["POST"]) for path, command in OPENAI_ROUTES
+               if path != "/embeddings"]
+    routes.append(Route("/embeddings", embeddings_route, methods=["POST"]))
+    routes += [Route(e.path, compat_route(e), methods=[e.method]) for e in compat.ENDPOINTS if e is not LLM_API_EMBEDDINGS]
     routes.append(Route("/check", lambda _r: JSONResponse("Ok"), methods=["GET"]))  # llm-api's status check
     web_ui = state.settings.web_ui
     if web_ui is not None:
         routes.append(Mount("/", StaticFiles(directory=web_ui, html=True), name="web-ui"))
     else:
         routes.append(Route("/", chat_page, methods=["GET"]))
-    middleware = [Middleware(ApiKeyMiddleware, api_key=state.settings.api_key)]
+    middleware = [Middleware(RequestIdMiddleware), Middleware(ApiKeyMiddleware, api_key=state.settings.api_key)]
     if state.settings.cors_origins:
         # outermost, so preflight and 401s carry the CORS headers too
         middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(state.settings.cors_origins),
                                         allow_methods=["GET", "POST", "OPTIONS"],
-                                        allow_headers=["Authorization", "Content-Type"]))
+                                        allow_headers=["Authorization", "Content-Type"],
+                                        expose_headers=[REQUEST_ID]))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
