@@ -245,7 +245,8 @@ INVALID_CHAT = [
     ({"model": "llama", "messages": M, "ignore_eos": "true"}, "ignore_eos", "boolean"),
     ({"model": "llama", "messages": M, "grammar": 1}, "grammar", "string"),
     ({"model": "llama", "messages": M, "user": 1}, "user", "string"),
-    ({"model": "llama", "messages": M, "logprobs": True}, "logprobs", "not supported"),
+    ({"model": "llama", "messages": M, "logprobs": 1}, "logprobs", "must be a boolean"),
+    ({"model": "llama", "messages": M, "top_logprobs": 2}, "top_logprobs", "needs 'logprobs': true"),
 ]
 
 

@@ -4,6 +4,7 @@ const std = @import("std");
 const abi = @import("abi.zig");
 const config = @import("config.zig");
 const fields = @import("fields.zig");
+const logprobs = @import("logprobs.zig");
 const prompt = @import("prompt.zig");
 const reply = @import("reply.zig");
 
@@ -32,7 +33,12 @@ const Job = struct {
     include_usage: bool = false,
     echo: ?[]const u8 = null, // completions: the prompt, prepended to the text
     grammar_param: ?[]const u8 = null, // the field a grammar the host refuses came from
+    logprobs: bool = false, // the answer carries log-probabilities
+    prompt_chars: usize = 0, // completions: where the completion's text_offset starts
 };
+
+/// Alternatives per token at most (OpenAI's chat limit; its legacy completions allow 5).
+const max_top_logprobs = 20;
 
 pub fn serve(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, failure: *Failure) Error!void {
     var problem = fields.Problem{ .gpa = gpa };
@@ -80,7 +86,8 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
         };
         const generated = ctx.output(gpa, .text) catch |err| return jobFailure(gpa, err, &job, api, failure);
         const usage = try Usage.read(gpa, ctx);
-        try answer.whole(generated, usage);
+        const lp = if (job.logprobs) answer.wholeLogprobs(ctx) catch |err| return jobFailure(gpa, err, &job, api, failure) else null;
+        try answer.whole(generated, usage, lp);
     }
 }
 
@@ -135,8 +142,7 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
     _ = try request.string("user");
     if (try request.integer("n", 1, std.math.maxInt(i32))) |n| if (n != 1)
         return request.problem.fail("n", "'n' must be 1: one choice per request is supported, got {d}", .{n});
-    if (request.get("logprobs")) |v| if (!(v == .bool and !v.bool) and !(v == .integer and v.integer == 0))
-        return request.problem.fail("logprobs", "'logprobs' is not supported", .{});
+    try logprobRequest(api, request, &job);
     try stopStrings(request, md);
     try logitBias(gpa, request, md);
     // llama-server's top-level `json_schema`; `response_format` wins over it; `grammar` over both.
@@ -148,6 +154,22 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
         job.include_usage = (try opts.boolean("include_usage")) orelse false;
     }
     return job;
+}
+
+fn logprobRequest(api: Api, request: Object, job: *Job) fields.Invalid!void {
+    if (api == .completion) { // legacy: `logprobs` is the number of alternatives per token
+        const n = (try request.integer("logprobs", 0, max_top_logprobs)) orelse return;
+        try job.metadata.put("logprobs", .{ .integer = n });
+        job.logprobs = true;
+        return;
+    }
+    const top = try request.integer("top_logprobs", 0, max_top_logprobs);
+    if (!((try request.boolean("logprobs")) orelse false)) {
+        if (top orelse 0 > 0) return request.problem.fail("top_logprobs", "'top_logprobs' needs 'logprobs': true", .{});
+        return;
+    }
+    try job.metadata.put("logprobs", .{ .integer = top orelse 0 });
+    job.logprobs = true;
 }
 
 fn stopStrings(request: Object, md: *std.json.ObjectMap) fields.Invalid!void {
@@ -229,7 +251,11 @@ fn completionPrompt(request: Object, job: *Job) fields.Invalid![]const u8 {
         },
         else => return request.problem.fail("prompt", "'prompt' must be a string, not {s}", .{fields.typeName(v)}),
     };
-    if ((try request.boolean("echo")) orelse false) job.echo = text;
+    if ((try request.boolean("echo")) orelse false) {
+        job.echo = text;
+        if (job.logprobs) try job.metadata.put("prompt-logprobs", .{ .bool = true });
+    }
+    job.prompt_chars = logprobs.characters(text);
     _ = try request.string("suffix");
     return text;
 }
@@ -328,6 +354,7 @@ const Answer = struct {
     fingerprint: []const u8,
     include_usage: bool,
     echo: ?[]const u8,
+    prompt_chars: usize,
 
     fn init(gpa: Allocator, api: Api, cfg: config.Config, job: Job) Answer {
         return .{
@@ -339,10 +366,31 @@ const Answer = struct {
             .fingerprint = cfg.system_fingerprint,
             .include_usage = job.include_usage,
             .echo = job.echo,
+            .prompt_chars = job.prompt_chars,
         };
     }
 
-    fn whole(self: Answer, generated: []const u8, usage: Usage) reply.EmitError!void {
+    /// The log-probabilities of a whole answer (after `compute`), in its API's shape.
+    fn wholeLogprobs(self: Answer, ctx: abi.Context) (abi.Error || error{OutOfMemory})!Value {
+        const generated = try logprobs.read(self.gpa, ctx, .generated, false);
+        if (self.api == .chat) return logprobs.chat(self.gpa, generated);
+        var shape = logprobs.Legacy.init(self.gpa);
+        var offset: usize = 0;
+        if (self.echo != null) try shape.append(try logprobs.read(self.gpa, ctx, .prompt, false), &offset);
+        offset = self.prompt_chars;
+        try shape.append(generated, &offset);
+        return shape.value();
+    }
+
+    /// The log-probabilities of a chunk's tokens, in its API's shape; `offset` as Legacy.append.
+    fn chunkLogprobs(self: Answer, entries: []const Value, offset: *usize) error{OutOfMemory}!Value {
+        if (self.api == .chat) return logprobs.chat(self.gpa, entries);
+        var shape = logprobs.Legacy.init(self.gpa);
+        try shape.append(entries, offset);
+        return shape.value();
+    }
+
+    fn whole(self: Answer, generated: []const u8, usage: Usage, lp: ?Value) reply.EmitError!void {
         switch (self.api) {
             .chat => try reply.json(self.gpa, .body, .{
                 .id = self.id,
@@ -353,7 +401,7 @@ const Answer = struct {
                 .choices = .{.{
                     .index = 0,
                     .message = .{ .role = "assistant", .content = generated },
-                    .logprobs = null,
+                    .logprobs = lp,
                     .finish_reason = usage.finish_reason,
                 }},
                 .usage = usage,
@@ -367,7 +415,7 @@ const Answer = struct {
                 .choices = .{.{
                     .text = if (self.echo) |p| try std.mem.concat(self.gpa, u8, &.{ p, generated }) else generated,
                     .index = 0,
-                    .logprobs = null,
+                    .logprobs = lp,
                     .finish_reason = usage.finish_reason,
                 }},
                 .usage = usage,
@@ -377,7 +425,7 @@ const Answer = struct {
     }
 
     /// A chat delta chunk (`role` only in the first) or a completion text chunk.
-    fn chunk(self: Answer, text: []const u8, first: bool, finish_reason: ?[]const u8) reply.EmitError!void {
+    fn chunk(self: Answer, text: []const u8, first: bool, finish_reason: ?[]const u8, lp: ?Value) reply.EmitError!void {
         const usage: ?Usage = null;
         switch (self.api) {
             .chat => if (finish_reason) |reason|
@@ -386,13 +434,13 @@ const Answer = struct {
                 try self.event("chat.completion.chunk", .{.{
                     .index = 0,
                     .delta = Delta{ .role = if (first) "assistant" else null, .content = text },
-                    .logprobs = null,
+                    .logprobs = lp,
                     .finish_reason = null,
                 }}, usage),
             .completion => try self.event("text_completion", .{.{
                 .text = text,
                 .index = 0,
-                .logprobs = null,
+                .logprobs = lp,
                 .finish_reason = finish_reason,
             }}, usage),
             .template => unreachable,
@@ -433,6 +481,7 @@ fn streamAnswer(gpa: Allocator, ctx: abi.Context, job: *const Job, answer: Answe
     defer ctx.finiSingle();
     var buf: [256]u8 = undefined;
     var started = false;
+    var offset: usize = 0; // completions' text_offset
     while (true) {
         const more = if (ctx.computeSingle()) true else |err| switch (err) {
             error.EndOfSequence, error.ContextFull => false,
@@ -441,14 +490,25 @@ fn streamAnswer(gpa: Allocator, ctx: abi.Context, job: *const Job, answer: Answe
         if (!started) {
             // only now: a prompt that is too long or a full queue is still an HTTP error
             started = true;
-            try answer.chunk(if (answer.api == .completion) (answer.echo orelse "") else "", true, null);
+            var lp: ?Value = null;
+            if (job.logprobs and answer.echo != null) {
+                const entries = logprobs.read(gpa, ctx, .prompt, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure);
+                lp = try answer.chunkLogprobs(entries, &offset);
+            }
+            try answer.chunk(if (answer.api == .completion) (answer.echo orelse "") else "", true, null, lp);
+            offset = answer.prompt_chars;
         }
         if (!more) break;
         const piece = ctx.outputSingle(gpa, .text, &buf) catch |err| return jobFailure(gpa, err, job, answer.api, failure);
-        if (piece.len > 0) try answer.chunk(piece, false, null);
+        const entries: []const Value = if (job.logprobs)
+            logprobs.read(gpa, ctx, .generated, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure)
+        else
+            &.{};
+        if (piece.len > 0 or entries.len > 0)
+            try answer.chunk(piece, false, null, if (job.logprobs) try answer.chunkLogprobs(entries, &offset) else null);
     }
     const usage = try Usage.readSingle(gpa, ctx);
-    try answer.chunk("", false, usage.finish_reason);
+    try answer.chunk("", false, usage.finish_reason, null);
     if (answer.include_usage) try answer.usageChunk(usage);
     try reply.raw(gpa, .event, "[DONE]");
 }

@@ -43,6 +43,7 @@ TENSOR_STRUCT = struct.Struct("<5I")  # dims_ptr, dims_len, type, data_ptr, data
 BUILDER_STRUCT = struct.Struct("<2I")  # ptr, len
 INPUT_PROMPT, INPUT_METADATA = 0, 1
 OUTPUT_TEXT, OUTPUT_METADATA = 0, 1
+OUTPUT_LOGPROBS, OUTPUT_PROMPT_LOGPROBS = 2, 3  # llama-host: with the `logprobs` metadata key
 
 # --- metadata (set_input index 1, load_by_name_with_config) ---------------------------------
 
@@ -73,6 +74,8 @@ METADATA_KEYS: dict[str, str] = {
     # llama-host extensions
     "stop": "list[str]",
     "logit-bias": "dict[int,float]",
+    "logprobs": _INT,
+    "prompt-logprobs": _BOOL,
     # accepted, fixed by the preload
     "ctx-size": _INT,
     "batch-size": _INT,

@@ -22,7 +22,9 @@ from llama_host.bridge.abi import (
     ENCODING_GGML,
     INPUT_METADATA,
     INPUT_PROMPT,
+    OUTPUT_LOGPROBS,
     OUTPUT_METADATA,
+    OUTPUT_PROMPT_LOGPROBS,
     OUTPUT_TEXT,
     TENSOR_STRUCT,
     Errno,
@@ -31,6 +33,7 @@ from llama_host.bridge.abi import (
 )
 from llama_host.bridge.memory import GuestMemory
 from llama_host.engine import Cancellation, EngineConfig, FinishReason, GenerationRequest, RequestHandle, Result, SamplingParams, Target
+from llama_host.engine.logprobs import MAX_TOP, TokenLogprob
 from llama_host.engine.sampling import grammar_from_json_schema
 from llama_host.errors import EngineClosed, InvalidGrammar, PromptTooLong, QueueFull
 from llama_host.registry import ModelRegistry, ServedModel
@@ -60,6 +63,8 @@ class ExecContext:
     prompt: bytes | None = None
     output: bytearray = dataclasses.field(default_factory=bytearray)
     last_piece: bytes = b""
+    logprobs: list[dict] = dataclasses.field(default_factory=list)  # compute: all; compute_single: the last output's
+    prompt_logprobs: list[dict | None] = dataclasses.field(default_factory=list)
     handle: RequestHandle | None = None  # compute_single in progress
     result: Result | None = None
     input_tokens: int = 0
@@ -207,15 +212,19 @@ class NnSession:
         ctx.result = None
         if ctx.metadata.get("embedding"):
             return self._embed(ctx)
+        ctx.logprobs = []
         handle = self._submit(ctx)
-        if self.stream_stdout is not None and ctx.metadata.get("stream-stdout"):
+        echo = self.stream_stdout if ctx.metadata.get("stream-stdout") else None
+        if echo is not None or handle.request.logprobs is not None:
             for out in handle:
                 piece = out.text.encode()
                 ctx.output += piece
-                if piece:
-                    self.stream_stdout(piece)
+                ctx.logprobs += self._logprob_entries(ctx, out.logprobs)
+                if piece and echo is not None:
+                    echo(piece)
         else:
             ctx.output += handle.text().encode()  # woken once, at the end
+        ctx.prompt_logprobs = self._prompt_entries(ctx, handle)
         return self._finished(ctx, handle.result, single=False)
 
     def compute_single(self, mem: GuestMemory, ctx_id: int) -> Errno:
@@ -224,12 +233,17 @@ class NnSession:
             ctx.output.clear()
             ctx.result = None
             ctx.generated = 0
+            ctx.prompt_logprobs = []
             ctx.handle = self._submit(ctx)
         out = ctx.handle.next()
+        if not ctx.prompt_logprobs:  # (set by the engine before its first output)
+            ctx.prompt_logprobs = self._prompt_entries(ctx, ctx.handle)
         if out is None:
+            ctx.logprobs = []
             return self._finished(ctx, ctx.handle.result, single=True)
         ctx.generated += out.token >= 0
         ctx.last_piece = out.text.encode()
+        ctx.logprobs = self._logprob_entries(ctx, out.logprobs)
         ctx.output += ctx.last_piece
         return Errno.SUCCESS
 
@@ -240,6 +254,8 @@ class NnSession:
         ctx = self._context(ctx_id)
         data = bytes(ctx.output) if index == OUTPUT_TEXT else self._output_metadata(ctx, index)
         return mem.write_output(buf, buf_max, written, data)
+
+    _OUTPUTS = "0 is the text, 1 the metadata, 2 the log-probabilities, 3 the prompt's"
 
     def get_output_single(self, mem: GuestMemory, ctx_id: int, index: int, buf: int, buf_max: int, written: int) -> Errno:
         ctx = self._context(ctx_id)
@@ -275,6 +291,11 @@ class NnSession:
         tokens = served.model.tokenize(self._prompt(ctx))
         ctx.input_tokens = len(tokens)
         n_predict = md.get("n-predict", -1)
+        n_top = md.get("logprobs")
+        if n_top is not None and not 0 <= n_top <= MAX_TOP:
+            raise NnError(Errno.INVALID_ARGUMENT, f"metadata 'logprobs' must be 0 to {MAX_TOP} alternatives, not {n_top}")
+        if md.get("prompt-logprobs") and n_top is None:
+            n_top = 0
         stop = list(md.get("stop", []))
         if md.get("reverse-prompt"):
             stop.append(md["reverse-prompt"])
@@ -297,7 +318,8 @@ class NnSession:
             )
             request = GenerationRequest(
                 tokens, sampling, max_tokens=None if n_predict < 0 else n_predict, stop=stop,
-                ignore_eos=md.get("ignore-eos", False),
+                ignore_eos=md.get("ignore-eos", False), logprobs=n_top,
+                prompt_logprobs=md.get("prompt-logprobs", False),
             )
             handle = served.engine.submit(request)
         except PromptTooLong as e:
@@ -329,9 +351,31 @@ class NnSession:
         ctx.output[:] = json.dumps({"n_embedding": len(vector), "embedding": vector.tolist()}).encode()
         return Errno.SUCCESS
 
+    @staticmethod
+    def _logprob_entries(ctx: ExecContext, logprobs: tuple[TokenLogprob, ...]) -> list[dict]:
+        """Log-probabilities as OpenAI's chat answers carry them (``ChatCompletionTokenLogprob``)."""
+        model = ctx.graph.served.model
+        return [{**_token_entry(model, lp.token, lp.logprob), "top_logprobs": [_token_entry(model, *t) for t in lp.top]}
+                for lp in logprobs]
+
+    def _prompt_entries(self, ctx: ExecContext, handle: RequestHandle) -> list[dict]:
+        """The prompt's log-probabilities, one entry per token of the text: a BOS the tokenizer
+        added has none (it is not in the text); the first token has a null logprob (and null
+        alternatives) unless a BOS precedes it."""
+        if not handle.prompt_logprobs:
+            return []
+        model, tokens = ctx.graph.served.model, handle.request.prompt
+        entries = [{**_token_entry(model, tokens[0], None), "top_logprobs": None},
+                   *self._logprob_entries(ctx, handle.prompt_logprobs[1:])]
+        return entries[1:] if tokens[0] == model.info.bos_id else entries
+
     def _output_metadata(self, ctx: ExecContext, index: int) -> bytes:
+        if index == OUTPUT_LOGPROBS:
+            return json.dumps(ctx.logprobs).encode()
+        if index == OUTPUT_PROMPT_LOGPROBS:
+            return json.dumps(ctx.prompt_logprobs).encode()
         if index != OUTPUT_METADATA:
-            raise NnError(Errno.INVALID_ARGUMENT, f"output index {index}: 0 is the text, 1 the metadata")
+            raise NnError(Errno.INVALID_ARGUMENT, f"output index {index}: {self._OUTPUTS}")
         result = ctx.result
         meta = {
             "input_tokens": ctx.input_tokens,
@@ -360,6 +404,13 @@ class NnSession:
                 pass
             ctx.result = ctx.handle.result
             ctx.handle = None
+
+
+def _token_entry(model, token: int, logprob: float | None) -> dict:
+    piece = model.piece(token)
+    # (-inf has no JSON spelling; OpenAI writes -9999 for "never")
+    return {"token": piece.decode("utf-8", "replace"), "logprob": None if logprob is None else max(logprob, -9999.0),
+            "bytes": list(piece)}
 
 
 # The sdist that llama.cpp is built from carries no git metadata, so there is no build number to

@@ -18,6 +18,7 @@ import time
 
 from llama_host.engine import lib
 from llama_host.engine.context import Batch, Context, DecodeError
+from llama_host.engine.logprobs import TokenLogprob, logits_at, token_logprob
 from llama_host.engine.model import Model
 from llama_host.engine.request import FinishReason, GenerationRequest, RequestHandle, Result, TokenOutput
 from llama_host.engine.sampling import Sampler
@@ -109,6 +110,9 @@ class _Slot:
         self.n_prompt = self.n_cached = self.n_generated = 0
         self.batch_index = -1  # index of this sequence's logits in the current batch
         self.first_token_at: float | None = None
+        self.logprobs: list[TokenLogprob] = []  # of generated tokens whose text is held back
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None  # request.prompt_logprobs
+        self.prompt_rows: list[tuple[int, int]] = []  # (batch index, the prompt token its logits predict)
 
     @property
     def busy(self) -> bool:
@@ -249,8 +253,9 @@ class Engine(Resource):
         handle._finish(Result(reason, len(handle.request.prompt), 0, 0, error=error))
 
     def _start(self, slot: _Slot, handle: RequestHandle, prompt: list[int]) -> None:
-        # Keep the shared prefix, but evaluate at least one token to get fresh logits.
-        keep = min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
+        # Keep the shared prefix, but evaluate at least one token to get fresh logits (all of
+        # them when the prompt's log-probabilities are asked for).
+        keep = 0 if handle.request.prompt_logprobs else min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
         if not self.ctx.remove(slot.seq_id, keep, -1):
             keep = 0
             self.ctx.remove(slot.seq_id, 0, -1)
@@ -262,6 +267,8 @@ class Engine(Resource):
         slot.next_token = None
         slot.n_prompt, slot.n_cached, slot.n_generated = len(prompt), keep, 0
         slot.first_token_at = None
+        slot.logprobs = []
+        slot.prompt_logprobs = [None] if handle.request.prompt_logprobs else None
         self._stats.add(cached_tokens=keep)
 
     def _step(self) -> None:
@@ -293,9 +300,13 @@ class Engine(Resource):
             # size, so its logits, and greedy output, would otherwise change with the prefix cache.
             take = min(room, len(slot.pending) - 1) or 1
             chunk, slot.pending = slot.pending[:take], slot.pending[take:]
-            for tok in chunk:
-                index = batch.add(tok, slot.position, slot.seq_id, logits=False)
+            scored = slot.prompt_logprobs is not None
+            following = chunk[1:] + slot.pending[:1]  # the prompt token each one's logits predict
+            for i, tok in enumerate(chunk):
+                index = batch.add(tok, slot.position, slot.seq_id, logits=scored)
                 slot.cached.append(tok)
+                if scored and i < len(following):
+                    slot.prompt_rows.append((index, following[i]))
             if not slot.pending:  # the prompt's last token: sample from its logits
                 batch.raw.logits[index] = True
                 slot.batch_index = index
@@ -311,6 +322,11 @@ class Engine(Resource):
             decode_calls=1, decode_seconds=time.perf_counter() - started, prompt_tokens=n_prompt_tokens
         )
         for slot in active:
+            if slot.prompt_rows:
+                n_top = slot.handle.request.logprobs or 0
+                slot.prompt_logprobs += [token_logprob(logits_at(self.ctx, i, self.model.n_vocab), tok, n_top)
+                                         for i, tok in slot.prompt_rows]
+                slot.prompt_rows = []
             if slot.busy and slot.batch_index >= 0:
                 self._update(slot)
 
@@ -321,13 +337,22 @@ class Engine(Resource):
         now = time.monotonic()
         if slot.first_token_at is None:
             slot.first_token_at = now
+            if slot.prompt_logprobs is not None:
+                handle.prompt_logprobs = tuple(slot.prompt_logprobs)
             self._stats.add(ttft_seconds_sum=now - handle.submitted, ttft_count=1)
         if self.model.is_eog(token) and (not request.ignore_eos or slot.sampler.exhausted):  # grammar complete
             self._finish(slot, FinishReason.STOP)
             return
         slot.n_generated += 1
         self._stats.add(generated_tokens=1)
-        handle._emit(TokenOutput(token, slot.text.push(self.model.piece(token))))
+        if request.logprobs is not None:
+            logits = logits_at(self.ctx, slot.batch_index, self.model.n_vocab)
+            slot.logprobs.append(token_logprob(logits, token, request.logprobs))
+        text = slot.text.push(self.model.piece(token))
+        released = ()
+        if slot.logprobs and slot.text.settled and slot.text.stopped_by is None:
+            released, slot.logprobs = tuple(slot.logprobs), []
+        handle._emit(TokenOutput(token, text, released))
         if slot.text.stopped_by is not None:
             self._finish(slot, FinishReason.STOP)
         elif request.max_tokens is not None and slot.n_generated >= request.max_tokens:
@@ -354,13 +379,17 @@ class Engine(Resource):
             time_to_first_token=None if started is None else started - handle.submitted,
             error=error,
         )
+        # Held-back text is out now, with its tokens' log-probabilities; after a stop string,
+        # the tokens it cut are not part of the answer.
+        released = () if text.stopped_by is not None or reason is FinishReason.ERROR else tuple(slot.logprobs)
         slot.sampler.close()
         slot.handle = slot.sampler = slot.text = slot.next_token = None
         slot.pending = []  # cancelled mid-prompt: ``cached`` already says what the KV cache holds
+        slot.logprobs, slot.prompt_logprobs, slot.prompt_rows = [], None, []
         slot.last_used = time.monotonic()
         self._stats.add(requests_finished=1)
         self._stats.set(busy_sequences=sum(s.busy for s in self._slots))
         # Last, so that a caller woken by the end sees the engine's state after it.
-        if tail:
-            handle._emit(TokenOutput(-1, tail))
+        if tail or released:
+            handle._emit(TokenOutput(-1, tail, released))
         handle._finish(result)

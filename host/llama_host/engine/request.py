@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
+from llama_host.engine.logprobs import TokenLogprob
 from llama_host.engine.sampling import GREEDY, SamplingParams
 from llama_host.errors import HostError
 
@@ -27,6 +28,8 @@ class GenerationRequest:
     max_tokens: int | None = None  # None: until the context is full
     stop: Sequence[str] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # the generated tokens' log-probabilities, with this many alternatives
+    prompt_logprobs: bool = False  # the prompt's too (in Result; the prompt is evaluated afresh)
 
 
 @dataclasses.dataclass
@@ -43,10 +46,13 @@ class Result:
 
 @dataclasses.dataclass(frozen=True)
 class TokenOutput:
-    """One generated token: its id and the text it makes safe to emit ("" while held back)."""
+    """One generated token: its id and the text it makes safe to emit ("" while held back);
+    with ``logprobs`` requested, those of the tokens whose text is now all out (several after
+    held-back text is released, none while it is held; a token cut by a stop string has none)."""
 
     token: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class RequestHandle:
@@ -64,6 +70,8 @@ class RequestHandle:
         self._collected: list[str] | None = None  # set by text(): outputs gather here, unsignalled
         self._cancelled = threading.Event()
         self._sampler = None  # built at submit, owned by the engine
+        # request.prompt_logprobs: per prompt token (the first has none), set before the first output
+        self.prompt_logprobs: tuple[TokenLogprob | None, ...] = ()
 
     # --- consumer side ----------------------------------------------------------------------
 

@@ -42,6 +42,11 @@ class TextStream:
         self._held = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep]
 
+    @property
+    def settled(self) -> bool:
+        """Everything pushed so far has been handed out (or dropped after a stop string)."""
+        return self.stopped_by is not None or (not self._held and not self._decoder.getstate()[0])
+
     def finish(self) -> str:
         """Generation ended: release held text (a held stop prefix can no longer complete) and
         any incomplete character (as U+FFFD)."""
