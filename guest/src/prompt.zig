@@ -40,9 +40,23 @@ pub fn renderChat(gpa: Allocator, model: *const config.Model, info: ModelInfo, r
     var normalized = std.json.Array.init(gpa);
     for (messages, 0..) |m, i| try normalized.append(try normalize(gpa, m, i, problem));
 
+    // Prefill (vLLM's `continue_final_message`, llama-server's assistant prefill): a final
+    // assistant message with text is continued rather than closed, unless the request asks for
+    // a new turn (`add_generation_prompt: true` or `continue_final_message: false`).
+    const continue_field = try request.boolean("continue_final_message");
+    const generation_field = try request.boolean("add_generation_prompt");
+    const final_text = assistantText(normalized.items[normalized.items.len - 1]);
+    if (continue_field == true) {
+        if (generation_field == true)
+            return problem.fail("add_generation_prompt", "'add_generation_prompt' cannot be true with 'continue_final_message': a turn is either continued or a new one begun", .{});
+        if (final_text == null)
+            return problem.fail("continue_final_message", "'continue_final_message' needs the last message to be an assistant message with text to continue", .{});
+    }
+    const continued = if (continue_field orelse (generation_field != true)) final_text else null;
+
     var context = std.json.ObjectMap.init(gpa);
     try context.put("messages", .{ .array = normalized });
-    try context.put("add_generation_prompt", .{ .bool = true });
+    try context.put("add_generation_prompt", .{ .bool = continued == null and (generation_field orelse true) });
     try context.put("bos_token", .{ .string = info.bos_token orelse "" });
     try context.put("eos_token", .{ .string = info.eos_token orelse "" });
     if (try request.array("tools")) |tools| {
@@ -51,7 +65,7 @@ pub fn renderChat(gpa: Allocator, model: *const config.Model, info: ModelInfo, r
 
     const source = try templateSource(gpa, model, info, problem);
     var diag = jinja.Diagnostic{};
-    return jinja.render(gpa, source, .{ .object = context }, .{ .now = std.time.timestamp() }, &diag) catch {
+    const rendered = jinja.render(gpa, source, .{ .object = context }, .{ .now = std.time.timestamp() }, &diag) catch {
         const prefix = "the chat template failed: ";
         // after running out of memory, the message must not need any
         problem.message = if (diag.message.ptr == jinja.out_of_memory_message.ptr)
@@ -60,6 +74,28 @@ pub fn renderChat(gpa: Allocator, model: *const config.Model, info: ModelInfo, r
             std.fmt.allocPrint(gpa, prefix ++ "{s}", .{diag.message}) catch diag.message;
         return error.Template;
     };
+    return if (continued) |text| try cutAfter(rendered, text, problem) else rendered;
+}
+
+const whitespace = " \t\n\r\x0b\x0c";
+
+/// The content of a final assistant message that can be continued: a string, not blank.
+fn assistantText(message: Value) ?[]const u8 {
+    const role = message.object.get("role").?; // normalize checked it
+    const content = message.object.get("content") orelse return null;
+    if (!std.mem.eql(u8, role.string, "assistant") or content != .string) return null;
+    return if (std.mem.trim(u8, content.string, whitespace).len > 0) content.string else null;
+}
+
+/// The rendering cut right after the last occurrence of the final message's `content`, so the
+/// end-of-turn markup after it goes. As transformers' continue_final_message (vLLM's): the
+/// content is looked for with its outer whitespace trimmed, since templates often trim it, and
+/// its trailing whitespace is kept where the template kept it.
+fn cutAfter(rendered: []const u8, content: []const u8, problem: *fields.Problem) fields.Invalid![]const u8 {
+    const core = std.mem.trim(u8, content, whitespace);
+    const at = std.mem.lastIndexOf(u8, rendered, core) orelse return problem.fail("messages", "the chat template does not render the final assistant message's content verbatim, so it cannot be continued; set 'continue_final_message': false to begin a new turn after it", .{});
+    const full = std.mem.trimLeft(u8, content, whitespace);
+    return rendered[0 .. at + if (std.mem.startsWith(u8, rendered[at..], full)) full.len else core.len];
 }
 
 /// One message as templates expect it: `content` a string (text parts joined by newlines),
