@@ -145,6 +145,38 @@ def test_identical_prompt_reuses_all_but_one_token(spm_engine):
 # --- ending -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("preset", ["spm", "tiny", "bpe"])
+def test_a_twin_of_a_running_request_copies_its_cells(model_path, preset):
+    """A request whose prompt a busy sequence holds starts from a copy of that sequence (the
+    choices of n > 1): it evaluates one token, and its greedy output is the solo one."""
+    with Model(model_path(preset)) as model, Engine(model, EngineConfig(ctx_size=512, parallel=3, batch_size=64)) as eng:
+        prompt = model.tokenize("The capital of France is a city that many people visit every year, " * 3)
+        request = GenerationRequest(prompt, max_tokens=16, ignore_eos=True)
+        solo, _ = eng.generate(request)
+        eng.generate(GenerationRequest(model.tokenize("x"), max_tokens=1))  # the solo's slot is not reused:
+        eng.generate(GenerationRequest(model.tokenize("y"), max_tokens=1))  # every slot held something else
+        first = eng.submit(request)
+        head = first.next()
+        assert first.result is None and head.token >= 0  # busy, its prompt in the cache
+        twin = eng.submit(request)
+        assert twin.text() == solo and head.text + first.text() == solo
+        assert twin.result.cached_tokens == len(prompt) - 1 and first.result.cached_tokens < 8
+
+
+def test_logprobs_of_a_stopped_or_held_back_token_come_with_its_text(spm_engine):
+    """A token's log-probability is released with the last of its text; a stop string's tokens have none."""
+    prompt = spm_engine.model.tokenize("Once upon a time")
+    full = list(spm_engine.submit(GenerationRequest(prompt, max_tokens=12, ignore_eos=True, logprobs=2)))
+    assert sum(len(o.logprobs) for o in full) == 12 and all(len(lp.top) == 2 for o in full for lp in o.logprobs)
+    text = "".join(o.text for o in full)
+    stop = text[5:8]
+    cut = list(spm_engine.submit(GenerationRequest(prompt, max_tokens=12, ignore_eos=True, logprobs=0, stop=[stop])))
+    released = [lp.token for o in cut for lp in o.logprobs]
+    kept = spm_engine.model.detokenize(released)
+    assert "".join(o.text for o in cut).startswith(kept) and stop not in kept
+    assert released == [lp.token for o in full for lp in o.logprobs][: len(released)]
+
+
 def test_stop_string_split_across_tokens_is_never_emitted(spm_engine):
     model = spm_engine.model
     prompt = model.tokenize("Once upon a time")

@@ -237,7 +237,8 @@ INVALID_CHAT = [
     ({"model": "llama", "messages": M, "logit_bias": {"abc": 1}}, "logit_bias", "token ids"),
     ({"model": "llama", "messages": M, "logit_bias": {"5": 500}}, "logit_bias.5", "between"),
     ({"model": "llama", "messages": M, "logit_bias": [1]}, "logit_bias", "object"),
-    ({"model": "llama", "messages": M, "n": 2}, "n", "must be 1"),
+    ({"model": "llama", "messages": M, "n": 0}, "n", "between 1 and 128"),
+    ({"model": "llama", "messages": M, "n": 1.5}, "n", "integer"),
     ({"model": "llama", "messages": M, "stream": "yes"}, "stream", "boolean"),
     ({"model": "llama", "messages": M, "stream_options": {"include_usage": 1}}, "stream_options.include_usage", "boolean"),
     ({"model": "llama", "messages": M, "response_format": {"type": "xml"}}, "response_format.type", "'xml'"),
@@ -310,12 +311,31 @@ def test_invalid_grammar_is_400(serving):
     assert status == 400 and error["error"]["code"] == "invalid_grammar" and error["error"]["param"] == "grammar"
 
 
-def test_completion_prompt_validation(serving):
-    for body, words in (({"model": "tiny"}, "'prompt' is required"), ({"model": "tiny", "prompt": 3}, "string"),
-                        ({"model": "tiny", "prompt": [1, 2, 3]}, "token-id"),
-                        ({"model": "tiny", "prompt": "x", "echo": 1}, "boolean")):
-        status, error = call(serving, "complete", body)
-        assert status == 400 and words in error["error"]["message"], error
+@pytest.mark.parametrize("prompt, param, words", [
+    (None, "prompt", "'prompt' is required"),
+    (3, "prompt", "must be a string, a list of strings or token ids"),
+    ([], "prompt", "empty list"),
+    ([1, "a"], "prompt", "'prompt[1]' must be a token id"),
+    ([1, 2.5], "prompt", "'prompt[1]' must be a token id"),
+    ([-1], "prompt", "'prompt[0]' must be a token id"),
+    ([2 ** 31], "prompt", "'prompt[0]' must be a token id"),
+    ([[1], 2], "prompt", "'prompt[1]' must be a string or a list of token ids"),
+    ([["a"]], "prompt", "'prompt[0][0]' must be a token id"),
+    ([[]], "prompt", "'prompt[0]' must hold at least one token id"),
+    ([10 ** 6], "prompt", "token id 1000000 (at position 0) is not in the model's vocabulary"),
+    ([["x"] * 200], "prompt", "must be a token id"),
+    (["x"] * 200, "prompt", "at most 128"),
+])
+def test_completion_prompt_validation(serving, prompt, param, words):
+    body = {"model": "tiny"} if prompt is None else {"model": "tiny", "prompt": prompt}
+    status, error = call(serving, "complete", body)
+    assert status == 400 and error["error"]["param"] == param and words in error["error"]["message"], error
+
+
+def test_echo_needs_a_text_prompt(serving):
+    for body, param in (({"prompt": "x", "echo": 1}, "echo"), ({"prompt": [1, 2], "echo": True}, "echo")):
+        status, error = call(serving, "complete", {"model": "tiny", **body})
+        assert status == 400 and error["error"]["param"] == param, error
 
 
 def test_serving_still_answers_after_errors(serving, registry):

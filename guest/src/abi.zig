@@ -47,6 +47,7 @@ const Tensor = extern struct {
     data_len: u32,
 };
 const tensor_type_u8 = 3;
+const tensor_type_i32 = 4;
 
 const nn = struct {
     extern "wasi_ephemeral_nn" fn load_by_name(name: [*]const u8, name_len: u32, graph_out: *u32) u32;
@@ -106,6 +107,15 @@ pub const Context = struct {
         const dims = [_]u32{@intCast(data.len)};
         const tensor = Tensor{ .dims_ptr = &dims, .dims_len = 1, .type = tensor_type_u8, .data_ptr = data.ptr, .data_len = @intCast(data.len) };
         try check(nn.set_input(self.id, @intFromEnum(index), &tensor));
+    }
+
+    /// The prompt as token ids (an i32 tensor: llama-host's; the host checks them against the
+    /// vocabulary, InvalidArgument otherwise).
+    pub fn setTokens(self: Context, tokens: []const i32) Error!void {
+        const dims = [_]u32{@intCast(tokens.len)};
+        const bytes = std.mem.sliceAsBytes(tokens);
+        const tensor = Tensor{ .dims_ptr = &dims, .dims_len = 1, .type = tensor_type_i32, .data_ptr = bytes.ptr, .data_len = @intCast(bytes.len) };
+        try check(nn.set_input(self.id, @intFromEnum(Input.prompt), &tensor));
     }
 
     pub fn compute(self: Context) Error!void {

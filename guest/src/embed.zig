@@ -67,8 +67,8 @@ fn serveChecked(gpa: Allocator, cfg: config.Config, body: []const u8, problem: *
     const Meta = struct { input_tokens: i64 = 0 };
     var items = try gpa.alloc(Item, inputs.len);
     var tokens: i64 = 0;
-    for (inputs, 0..) |text, i| {
-        ctx.setInput(.prompt, text) catch |err| return openai.hostFailure(gpa, err, "input", failure);
+    for (inputs, 0..) |input, i| {
+        input.set(ctx) catch |err| return openai.hostFailure(gpa, err, "input", failure);
         ctx.compute() catch |err| return openai.hostFailure(gpa, err, "input", failure);
         const out = ctx.output(gpa, .text) catch |err| return openai.hostFailure(gpa, err, null, failure);
         const vector = std.json.parseFromSliceLeaky(Output, gpa, out, .{ .ignore_unknown_fields = true }) catch
@@ -86,28 +86,30 @@ fn serveChecked(gpa: Allocator, cfg: config.Config, body: []const u8, problem: *
     });
 }
 
-/// `input`: a string or a list of strings, none empty.
-fn readInputs(gpa: Allocator, request: fields.Object) fields.Invalid![]const []const u8 {
+/// `input`: a string, a list of strings, a list of token ids or a list of lists of token ids
+/// (OpenAI's four forms), none empty.
+fn readInputs(gpa: Allocator, request: fields.Object) fields.Invalid![]const openai.Prompt {
     const v = request.get("input") orelse return request.problem.fail("input", "'input' is required", .{});
     switch (v) {
         .string => |s| {
             if (s.len == 0) return request.problem.fail("input", "'input' must not be empty", .{});
-            const one = try gpa.alloc([]const u8, 1);
-            one[0] = s;
-            return one;
+            return gpa.dupe(openai.Prompt, &.{.{ .text = s }});
         },
         .array => |a| {
             if (a.items.len == 0) return request.problem.fail("input", "'input' must hold at least one string", .{});
             if (a.items.len > max_inputs) return request.problem.fail("input", "'input' has {d} items; at most {d}", .{ a.items.len, max_inputs });
-            const list = try gpa.alloc([]const u8, a.items.len);
-            for (a.items, list, 0..) |item, *out, i| {
-                if (item != .string)
-                    return request.problem.fail("input", "'input[{d}]' must be a string (token-id inputs are not supported), not {s}", .{ i, fields.typeName(item) });
-                if (item.string.len == 0) return request.problem.fail("input", "'input[{d}]' must not be empty", .{i});
-                out.* = item.string;
-            }
+            if (a.items[0] == .integer) return gpa.dupe(openai.Prompt, &.{.{ .tokens = try openai.tokenIds(gpa, request.problem, a.items, "input") }});
+            const list = try gpa.alloc(openai.Prompt, a.items.len);
+            for (a.items, list, 0..) |item, *out, i| out.* = switch (item) {
+                .string => |text| if (text.len == 0)
+                    return request.problem.fail("input", "'input[{d}]' must not be empty", .{i})
+                else
+                    .{ .text = text },
+                .array => |ids| .{ .tokens = try openai.tokenIds(gpa, request.problem, ids.items, try std.fmt.allocPrint(gpa, "input[{d}]", .{i})) },
+                else => return request.problem.fail("input", "'input[{d}]' must be a string or a list of token ids, not {s}", .{ i, fields.typeName(item) }),
+            };
             return list;
         },
-        else => return request.problem.fail("input", "'input' must be a string or a list of strings, not {s}", .{fields.typeName(v)}),
+        else => return request.problem.fail("input", "'input' must be a string or a list of strings or token ids, not {s}", .{fields.typeName(v)}),
     }
 }

@@ -31,11 +31,27 @@ const Job = struct {
     metadata: std.json.ObjectMap,
     stream: bool = false,
     include_usage: bool = false,
-    echo: ?[]const u8 = null, // completions: the prompt, prepended to the text
+    echo: bool = false, // completions: the prompt is prepended to the text
     grammar_param: ?[]const u8 = null, // the field a grammar the host refuses came from
     logprobs: bool = false, // the answer carries log-probabilities
-    prompt_chars: usize = 0, // completions: where the completion's text_offset starts
+    n: usize = 1, // choices per prompt
 };
+
+/// A prompt for the model: text (the host tokenizes it) or token ids.
+pub const Prompt = union(enum) {
+    text: []const u8,
+    tokens: []const i32,
+
+    pub fn set(self: Prompt, ctx: abi.Context) abi.Error!void {
+        switch (self) {
+            .text => |t| try ctx.setInput(.prompt, t),
+            .tokens => |t| try ctx.setTokens(t),
+        }
+    }
+};
+
+/// Choices of one request at most (prompts × n).
+const max_choices = 128;
 
 /// Alternatives per token at most (OpenAI's chat limit; its legacy completions allow 5).
 const max_top_logprobs = 20;
@@ -55,40 +71,140 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
     const request = try fields.parseBody(gpa, body, problem);
     var job = try validate(gpa, api, cfg, request, failure);
     const graph = abi.Graph.loadByName(job.model.preload) catch |err| return jobFailure(gpa, err, &job, api, failure);
-    const text = switch (api) {
+    const info = try prompt.ModelInfo.read(gpa, graph);
+    if (job.n > 1 and info.n_parallel > 0 and job.n > info.n_parallel)
+        return problem.fail("n", "'n' is {d}, more than the {d} sequences the model '{s}' decodes at once (its --parallel)", .{ job.n, info.n_parallel, job.model_id });
+    const prompts: []const Prompt = switch (api) {
         .chat, .template => blk: {
-            const info = try prompt.ModelInfo.read(gpa, graph);
-            break :blk prompt.renderChat(gpa, job.model, info, request, problem) catch |err| switch (err) {
+            const text = prompt.renderChat(gpa, job.model, info, request, problem) catch |err| switch (err) {
                 error.Template => {
                     failure.* = .{ .kind = .template_error, .message = problem.message };
                     return error.Failed;
                 },
                 else => |e| return e,
             };
+            if (api == .template) return reply.json(gpa, .body, .{ .prompt = text });
+            break :blk try gpa.dupe(Prompt, &.{.{ .text = text }});
         },
-        .completion => try completionPrompt(request, &job),
+        .completion => try completionPrompts(gpa, request, &job),
     };
-    if (api == .template) return reply.json(gpa, .body, .{ .prompt = text });
-    const ctx = graph.context() catch |err| return jobFailure(gpa, err, &job, api, failure);
-    defer ctx.finalize();
-    var metadata = std.ArrayList(u8).init(gpa);
-    try std.json.stringify(Value{ .object = job.metadata }, .{}, metadata.writer());
-    ctx.setInput(.metadata, metadata.items) catch |err| return jobFailure(gpa, err, &job, api, failure);
-    ctx.setInput(.prompt, text) catch |err| return jobFailure(gpa, err, &job, api, failure);
+    if (prompts.len * job.n > max_choices)
+        return problem.fail("n", "{d} prompts × 'n' {d} is more than {d} choices", .{ prompts.len, job.n, max_choices });
+
+    // One execution context per choice; the host shares a prompt's KV cells among its choices.
+    const choices = try gpa.alloc(Choice, prompts.len * job.n);
+    var created: usize = 0;
+    defer for (choices[0..created]) |c| c.ctx.finalize();
+    for (choices, 0..) |*c, i| {
+        const p = prompts[i / job.n];
+        c.* = .{
+            .ctx = graph.context() catch |err| return jobFailure(gpa, err, &job, api, failure),
+            .index = i,
+            .first_of_prompt = i % job.n == 0,
+            .echo = if (job.echo and p == .text) p.text else null,
+            .prompt_chars = if (p == .text) logprobs.characters(p.text) else 0,
+            .text = std.ArrayList(u8).init(gpa),
+            .entries = std.ArrayList(Value).init(gpa),
+        };
+        created += 1;
+        c.ctx.setInput(.metadata, try choiceMetadata(gpa, &job, i % job.n)) catch |err| return jobFailure(gpa, err, &job, api, failure);
+        // (token ids outside the vocabulary: InvalidArgument, a 400 naming the prompt)
+        p.set(c.ctx) catch |err| return hostFailure(gpa, err, if (api == .chat) "messages" else "prompt", failure);
+    }
 
     const answer = Answer.init(gpa, api, cfg, job);
-    if (job.stream) {
-        try streamAnswer(gpa, ctx, &job, answer, failure);
-    } else {
-        ctx.compute() catch |err| switch (err) {
-            error.ContextFull => {}, // the text so far is the answer, finish_reason "length"
-            else => return jobFailure(gpa, err, &job, api, failure),
-        };
-        const generated = ctx.output(gpa, .text) catch |err| return jobFailure(gpa, err, &job, api, failure);
-        const usage = try Usage.read(gpa, ctx);
-        const lp = if (job.logprobs) answer.wholeLogprobs(ctx) catch |err| return jobFailure(gpa, err, &job, api, failure) else null;
-        try answer.whole(generated, usage, lp);
+    if (job.stream or choices.len > 1) return runChoices(gpa, choices, &job, answer, failure);
+    // One choice, not streamed: generated in one call, the host wakes the guest once.
+    const c = &choices[0];
+    c.ctx.compute() catch |err| switch (err) {
+        error.ContextFull => {}, // the text so far is the answer, finish_reason "length"
+        else => return jobFailure(gpa, err, &job, api, failure),
+    };
+    try c.text.appendSlice(c.ctx.output(gpa, .text) catch |err| return jobFailure(gpa, err, &job, api, failure));
+    c.usage = try Usage.read(gpa, c.ctx);
+    if (job.logprobs) {
+        const generated = logprobs.read(gpa, c.ctx, .generated, false) catch |err| return jobFailure(gpa, err, &job, api, failure);
+        try c.entries.appendSlice(generated);
+        if (c.echo != null) c.prompt_entries = logprobs.read(gpa, c.ctx, .prompt, false) catch |err| return jobFailure(gpa, err, &job, api, failure);
     }
+    try answer.whole(choices);
+}
+
+/// The metadata of the `j`th choice of a prompt: with a seed, choice j draws with seed + j, so
+/// that choices differ and a request is reproducible.
+fn choiceMetadata(gpa: Allocator, job: *const Job, j: usize) error{OutOfMemory}![]const u8 {
+    var md = job.metadata;
+    if (j > 0) if (job.metadata.get("seed")) |seed| {
+        md = try job.metadata.clone();
+        try md.put("seed", .{ .integer = seed.integer +% @as(i64, @intCast(j)) });
+    };
+    return std.json.stringifyAlloc(gpa, Value{ .object = md }, .{});
+}
+
+/// One choice of an answer while it is generated.
+const Choice = struct {
+    ctx: abi.Context,
+    index: usize,
+    first_of_prompt: bool, // usage counts each prompt once
+    echo: ?[]const u8, // completions with echo: the prompt text
+    prompt_chars: usize, // where the completion's text_offset starts
+    text: std.ArrayList(u8), // not streamed: the text so far
+    entries: std.ArrayList(Value), // not streamed: log-probabilities so far
+    prompt_entries: []const Value = &.{},
+    usage: Usage = .{},
+    started: bool = false,
+    done: bool = false,
+    offset: usize = 0, // streamed completions: text_offset of the next token
+};
+
+/// Generates every choice a token at a time, round robin (the host runs them together, so a
+/// choice waited on has usually produced its token already): streamed, each piece is a chunk as
+/// it comes; otherwise the pieces gather into the answer.
+fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer, failure: *Failure) Error!void {
+    defer for (choices) |c| c.ctx.finiSingle();
+    var buf: [256]u8 = undefined;
+    var live = choices.len;
+    while (live > 0) {
+        for (choices) |*c| {
+            if (c.done) continue;
+            const more = if (c.ctx.computeSingle()) true else |err| switch (err) {
+                error.EndOfSequence, error.ContextFull => false,
+                else => return jobFailure(gpa, err, job, answer.api, failure),
+            };
+            if (!c.started) {
+                // only now: a prompt that is too long or a full queue is still an HTTP error
+                c.started = true;
+                if (job.logprobs and c.echo != null)
+                    c.prompt_entries = logprobs.read(gpa, c.ctx, .prompt, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure);
+                if (job.stream) {
+                    const lp = if (c.echo != null and job.logprobs) try answer.chunkLogprobs(c.prompt_entries, &c.offset) else null;
+                    try answer.chunk(c.index, if (answer.api == .completion) (c.echo orelse "") else "", true, null, lp);
+                }
+                c.offset = c.prompt_chars;
+            }
+            if (more) {
+                const piece = c.ctx.outputSingle(gpa, .text, &buf) catch |err| return jobFailure(gpa, err, job, answer.api, failure);
+                const entries: []const Value = if (job.logprobs)
+                    logprobs.read(gpa, c.ctx, .generated, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure)
+                else
+                    &.{};
+                if (!job.stream) {
+                    try c.text.appendSlice(piece);
+                    try c.entries.appendSlice(entries);
+                } else if (piece.len > 0 or entries.len > 0) {
+                    try answer.chunk(c.index, piece, false, null, if (job.logprobs) try answer.chunkLogprobs(entries, &c.offset) else null);
+                }
+                continue;
+            }
+            c.done = true;
+            live -= 1;
+            c.usage = try Usage.readSingle(gpa, c.ctx);
+            if (job.stream) try answer.chunk(c.index, "", false, c.usage.finish_reason, null);
+        }
+    }
+    if (!job.stream) return answer.whole(choices);
+    if (answer.include_usage) try answer.usageChunk(Usage.total(choices));
+    try reply.raw(gpa, .event, "[DONE]");
 }
 
 // --- validation ---------------------------------------------------------------------------
@@ -140,8 +256,7 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
         job.grammar_param = "grammar";
     }
     _ = try request.string("user");
-    if (try request.integer("n", 1, std.math.maxInt(i32))) |n| if (n != 1)
-        return request.problem.fail("n", "'n' must be 1: one choice per request is supported, got {d}", .{n});
+    if (try request.integer("n", 1, max_choices)) |n| job.n = @intCast(n);
     try logprobRequest(api, request, &job);
     try stopStrings(request, md);
     try logitBias(gpa, request, md);
@@ -239,25 +354,46 @@ fn responseFormat(gpa: Allocator, request: Object, job: *Job) fields.Invalid!voi
     return request.problem.fail("response_format.type", "'response_format.type' must be text, json_object or json_schema, not '{}'", .{fields.echo(kind)});
 }
 
-/// The prompt of a completions request: a string, or a list holding one string.
-fn completionPrompt(request: Object, job: *Job) fields.Invalid![]const u8 {
+/// The prompts of a completions request: a string, a list of strings, a list of token ids, or
+/// a list of lists of token ids (OpenAI's four forms); each gets `n` choices.
+fn completionPrompts(gpa: Allocator, request: Object, job: *Job) fields.Invalid![]const Prompt {
     const v = request.get("prompt") orelse return request.problem.fail("prompt", "'prompt' is required", .{});
-    const text = switch (v) {
-        .string => |s| s,
-        .array => |a| blk: {
-            if (a.items.len != 1 or a.items[0] != .string)
-                return request.problem.fail("prompt", "'prompt' must be a string or a list of one string (token-id prompts and batches are not supported)", .{});
-            break :blk a.items[0].string;
-        },
-        else => return request.problem.fail("prompt", "'prompt' must be a string, not {s}", .{fields.typeName(v)}),
-    };
-    if ((try request.boolean("echo")) orelse false) {
-        job.echo = text;
-        if (job.logprobs) try job.metadata.put("prompt-logprobs", .{ .bool = true });
-    }
-    job.prompt_chars = logprobs.characters(text);
+    job.echo = (try request.boolean("echo")) orelse false;
+    if (job.echo and job.logprobs) try job.metadata.put("prompt-logprobs", .{ .bool = true });
     _ = try request.string("suffix");
-    return text;
+    const prompts: []Prompt = switch (v) {
+        .string => |text| try gpa.dupe(Prompt, &.{.{ .text = text }}),
+        .array => |a| blk: {
+            if (a.items.len == 0) return request.problem.fail("prompt", "'prompt' must not be an empty list", .{});
+            if (a.items[0] == .integer) break :blk try gpa.dupe(Prompt, &.{.{ .tokens = try tokenIds(gpa, request.problem, a.items, "prompt") }});
+            if (a.items.len > max_choices) return request.problem.fail("prompt", "'prompt' has {d} prompts; at most {d}", .{ a.items.len, max_choices });
+            const list = try gpa.alloc(Prompt, a.items.len);
+            for (a.items, list, 0..) |item, *out, i| out.* = switch (item) {
+                .string => |text| .{ .text = text },
+                .array => |ids| .{ .tokens = try tokenIds(gpa, request.problem, ids.items, try std.fmt.allocPrint(gpa, "prompt[{d}]", .{i})) },
+                else => return request.problem.fail("prompt", "'prompt[{d}]' must be a string or a list of token ids, not {s}", .{ i, fields.typeName(item) }),
+            };
+            break :blk list;
+        },
+        else => return request.problem.fail("prompt", "'prompt' must be a string, a list of strings or token ids, not {s}", .{fields.typeName(v)}),
+    };
+    for (prompts) |p| if (p == .tokens and job.echo)
+        return request.problem.fail("echo", "'echo' needs text prompts: a token-id prompt has no text to echo", .{});
+    return prompts;
+}
+
+/// A non-empty list of token ids; the host checks them against the vocabulary. Errors name
+/// `param` (the requests's field, as "prompt" or "input[2]") and report under its top-level name.
+pub fn tokenIds(gpa: Allocator, problem: *fields.Problem, items: []const Value, param: []const u8) fields.Invalid![]const i32 {
+    const field = param[0 .. std.mem.indexOfScalar(u8, param, '[') orelse param.len];
+    if (items.len == 0) return problem.fail(field, "'{s}' must hold at least one token id", .{param});
+    const ids = try gpa.alloc(i32, items.len);
+    for (items, ids, 0..) |item, *id, i| {
+        if (item != .integer or item.integer < 0 or item.integer > std.math.maxInt(i32))
+            return problem.fail(field, "'{s}[{d}]' must be a token id (an integer from 0), not {s}", .{ param, i, if (item == .integer) "a negative or huge integer" else fields.typeName(item) });
+        id.* = @intCast(item.integer);
+    }
+    return ids;
 }
 
 // --- host failures ------------------------------------------------------------------------
@@ -282,7 +418,7 @@ fn hostFailureFor(gpa: Allocator, err: anyerror, prompt_param: ?[]const u8, gram
         error.InvalidArgument => if (grammar_param) |param|
             .{ .kind = .invalid_grammar, .message = said, .param = param }
         else
-            .{ .kind = .invalid_request, .message = said },
+            .{ .kind = .invalid_request, .message = said, .param = prompt_param },
         else => .{ .kind = .internal, .message = if (said.len > 0) said else @errorName(err) },
     };
     return error.Failed;
@@ -334,6 +470,19 @@ const Usage = struct {
         };
     }
 
+    /// A request's: each prompt counted once, every choice's completion.
+    fn total(choices: []const Choice) Usage {
+        var sum = Usage{};
+        for (choices) |c| {
+            if (c.first_of_prompt) {
+                sum.prompt_tokens += c.usage.prompt_tokens;
+                sum.cached_tokens += c.usage.cached_tokens;
+            }
+            sum.completion_tokens += c.usage.completion_tokens;
+        }
+        return sum;
+    }
+
     pub fn jsonStringify(self: Usage, jws: anytype) !void {
         try jws.write(.{
             .prompt_tokens = self.prompt_tokens,
@@ -353,8 +502,7 @@ const Answer = struct {
     model: []const u8,
     fingerprint: []const u8,
     include_usage: bool,
-    echo: ?[]const u8,
-    prompt_chars: usize,
+    logprobs: bool,
 
     fn init(gpa: Allocator, api: Api, cfg: config.Config, job: Job) Answer {
         return .{
@@ -365,21 +513,8 @@ const Answer = struct {
             .model = job.model_id,
             .fingerprint = cfg.system_fingerprint,
             .include_usage = job.include_usage,
-            .echo = job.echo,
-            .prompt_chars = job.prompt_chars,
+            .logprobs = job.logprobs,
         };
-    }
-
-    /// The log-probabilities of a whole answer (after `compute`), in its API's shape.
-    fn wholeLogprobs(self: Answer, ctx: abi.Context) (abi.Error || error{OutOfMemory})!Value {
-        const generated = try logprobs.read(self.gpa, ctx, .generated, false);
-        if (self.api == .chat) return logprobs.chat(self.gpa, generated);
-        var shape = logprobs.Legacy.init(self.gpa);
-        var offset: usize = 0;
-        if (self.echo != null) try shape.append(try logprobs.read(self.gpa, ctx, .prompt, false), &offset);
-        offset = self.prompt_chars;
-        try shape.append(generated, &offset);
-        return shape.value();
     }
 
     /// The log-probabilities of a chunk's tokens, in its API's shape; `offset` as Legacy.append.
@@ -390,56 +525,69 @@ const Answer = struct {
         return shape.value();
     }
 
-    fn whole(self: Answer, generated: []const u8, usage: Usage, lp: ?Value) reply.EmitError!void {
+    /// A whole choice's log-probabilities (null when not asked for).
+    fn choiceLogprobs(self: Answer, c: *const Choice) error{OutOfMemory}!?Value {
+        if (!self.logprobs) return null;
+        if (self.api == .chat) return try logprobs.chat(self.gpa, c.entries.items);
+        var shape = logprobs.Legacy.init(self.gpa);
+        var offset: usize = 0;
+        if (c.echo != null) try shape.append(c.prompt_entries, &offset);
+        offset = c.prompt_chars;
+        try shape.append(c.entries.items, &offset);
+        return try shape.value();
+    }
+
+    const ChatChoice = struct {
+        index: usize,
+        message: struct { role: []const u8 = "assistant", content: []const u8 },
+        logprobs: ?Value,
+        finish_reason: []const u8,
+    };
+    const TextChoice = struct { text: []const u8, index: usize, logprobs: ?Value, finish_reason: []const u8 };
+
+    fn whole(self: Answer, choices: []const Choice) reply.EmitError!void {
+        const usage = Usage.total(choices);
         switch (self.api) {
-            .chat => try reply.json(self.gpa, .body, .{
-                .id = self.id,
-                .object = "chat.completion",
-                .created = self.created,
-                .model = self.model,
-                .system_fingerprint = self.fingerprint,
-                .choices = .{.{
-                    .index = 0,
-                    .message = .{ .role = "assistant", .content = generated },
-                    .logprobs = lp,
-                    .finish_reason = usage.finish_reason,
-                }},
-                .usage = usage,
-            }),
-            .completion => try reply.json(self.gpa, .body, .{
-                .id = self.id,
-                .object = "text_completion",
-                .created = self.created,
-                .model = self.model,
-                .system_fingerprint = self.fingerprint,
-                .choices = .{.{
-                    .text = if (self.echo) |p| try std.mem.concat(self.gpa, u8, &.{ p, generated }) else generated,
-                    .index = 0,
-                    .logprobs = lp,
-                    .finish_reason = usage.finish_reason,
-                }},
-                .usage = usage,
-            }),
+            .chat => {
+                const out = try self.gpa.alloc(ChatChoice, choices.len);
+                for (choices, out) |*c, *o| o.* = .{
+                    .index = c.index,
+                    .message = .{ .content = c.text.items },
+                    .logprobs = try self.choiceLogprobs(c),
+                    .finish_reason = c.usage.finish_reason,
+                };
+                try reply.json(self.gpa, .body, .{ .id = self.id, .object = "chat.completion", .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = out, .usage = usage });
+            },
+            .completion => {
+                const out = try self.gpa.alloc(TextChoice, choices.len);
+                for (choices, out) |*c, *o| o.* = .{
+                    .text = if (c.echo) |p| try std.mem.concat(self.gpa, u8, &.{ p, c.text.items }) else c.text.items,
+                    .index = c.index,
+                    .logprobs = try self.choiceLogprobs(c),
+                    .finish_reason = c.usage.finish_reason,
+                };
+                try reply.json(self.gpa, .body, .{ .id = self.id, .object = "text_completion", .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = out, .usage = usage });
+            },
             .template => unreachable, // answered with its prompt before any generation
         }
     }
 
     /// A chat delta chunk (`role` only in the first) or a completion text chunk.
-    fn chunk(self: Answer, text: []const u8, first: bool, finish_reason: ?[]const u8, lp: ?Value) reply.EmitError!void {
+    fn chunk(self: Answer, index: usize, text: []const u8, first: bool, finish_reason: ?[]const u8, lp: ?Value) reply.EmitError!void {
         const usage: ?Usage = null;
         switch (self.api) {
             .chat => if (finish_reason) |reason|
-                try self.event("chat.completion.chunk", .{.{ .index = 0, .delta = Empty{}, .logprobs = null, .finish_reason = reason }}, usage)
+                try self.event("chat.completion.chunk", .{.{ .index = index, .delta = Empty{}, .logprobs = null, .finish_reason = reason }}, usage)
             else
                 try self.event("chat.completion.chunk", .{.{
-                    .index = 0,
+                    .index = index,
                     .delta = Delta{ .role = if (first) "assistant" else null, .content = text },
                     .logprobs = lp,
                     .finish_reason = null,
                 }}, usage),
             .completion => try self.event("text_completion", .{.{
                 .text = text,
-                .index = 0,
+                .index = index,
                 .logprobs = lp,
                 .finish_reason = finish_reason,
             }}, usage),
@@ -476,42 +624,6 @@ const Answer = struct {
     };
     const Empty = struct {};
 };
-
-fn streamAnswer(gpa: Allocator, ctx: abi.Context, job: *const Job, answer: Answer, failure: *Failure) Error!void {
-    defer ctx.finiSingle();
-    var buf: [256]u8 = undefined;
-    var started = false;
-    var offset: usize = 0; // completions' text_offset
-    while (true) {
-        const more = if (ctx.computeSingle()) true else |err| switch (err) {
-            error.EndOfSequence, error.ContextFull => false,
-            else => return jobFailure(gpa, err, job, answer.api, failure),
-        };
-        if (!started) {
-            // only now: a prompt that is too long or a full queue is still an HTTP error
-            started = true;
-            var lp: ?Value = null;
-            if (job.logprobs and answer.echo != null) {
-                const entries = logprobs.read(gpa, ctx, .prompt, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure);
-                lp = try answer.chunkLogprobs(entries, &offset);
-            }
-            try answer.chunk(if (answer.api == .completion) (answer.echo orelse "") else "", true, null, lp);
-            offset = answer.prompt_chars;
-        }
-        if (!more) break;
-        const piece = ctx.outputSingle(gpa, .text, &buf) catch |err| return jobFailure(gpa, err, job, answer.api, failure);
-        const entries: []const Value = if (job.logprobs)
-            logprobs.read(gpa, ctx, .generated, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure)
-        else
-            &.{};
-        if (piece.len > 0 or entries.len > 0)
-            try answer.chunk(piece, false, null, if (job.logprobs) try answer.chunkLogprobs(entries, &offset) else null);
-    }
-    const usage = try Usage.readSingle(gpa, ctx);
-    try answer.chunk("", false, usage.finish_reason, null);
-    if (answer.include_usage) try answer.usageChunk(usage);
-    try reply.raw(gpa, .event, "[DONE]");
-}
 
 /// "chatcmpl-" followed by 24 random letters and digits (WASI random_get).
 fn newId(gpa: Allocator, prefix: []const u8) []const u8 {

@@ -15,6 +15,7 @@ pub const ModelInfo = struct {
     bos_token: ?[]const u8 = null,
     eos_token: ?[]const u8 = null,
     n_ctx: i64 = 0,
+    n_parallel: i64 = 0, // sequences decoded at once (0: unknown)
 
     pub fn read(gpa: Allocator, graph: abi.Graph) error{OutOfMemory}!ModelInfo {
         const bytes = graph.info(gpa) catch |err| switch (err) {

@@ -42,6 +42,7 @@ ENCODING_GGML = 6
 TENSOR_STRUCT = struct.Struct("<5I")  # dims_ptr, dims_len, type, data_ptr, data_len
 BUILDER_STRUCT = struct.Struct("<2I")  # ptr, len
 INPUT_PROMPT, INPUT_METADATA = 0, 1
+TENSOR_U8, TENSOR_I32 = 3, 4  # a prompt as bytes of text, or as token ids (llama-host)
 OUTPUT_TEXT, OUTPUT_METADATA = 0, 1
 OUTPUT_LOGPROBS, OUTPUT_PROMPT_LOGPROBS = 2, 3  # llama-host: with the `logprobs` metadata key
 

@@ -47,6 +47,7 @@ class HostExt:
                 "bos_token": info.bos_token,
                 "eos_token": info.eos_token,
                 "n_ctx": served.engine.n_ctx_seq,
+                "n_parallel": served.engine.config.parallel,
                 "n_ctx_train": info.n_ctx_train,
                 "n_vocab": info.n_vocab,
                 "n_embd": info.n_embd,

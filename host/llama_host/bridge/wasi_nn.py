@@ -8,10 +8,12 @@ wasmtime (which would trap the guest): problems become errno values.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +28,7 @@ from llama_host.bridge.abi import (
     OUTPUT_METADATA,
     OUTPUT_PROMPT_LOGPROBS,
     OUTPUT_TEXT,
+    TENSOR_I32,
     TENSOR_STRUCT,
     Errno,
     NnError,
@@ -60,7 +63,7 @@ class Graph:
 class ExecContext:
     graph: Graph
     metadata: dict[str, Any]
-    prompt: bytes | None = None
+    prompt: bytes | list[int] | None = None  # text, or token ids (an i32 tensor)
     output: bytearray = dataclasses.field(default_factory=bytearray)
     last_piece: bytes = b""
     logprobs: list[dict] = dataclasses.field(default_factory=list)  # compute: all; compute_single: the last output's
@@ -193,13 +196,13 @@ class NnSession:
     def set_input(self, mem: GuestMemory, ctx_id: int, index: int, tensor_ptr: int) -> None:
         ctx = self._context(ctx_id)
         self._check_not_streaming(ctx)
-        dims_ptr, dims_len, _type, data_ptr, data_len = TENSOR_STRUCT.unpack(mem.read(tensor_ptr, TENSOR_STRUCT.size))
+        dims_ptr, dims_len, kind, data_ptr, data_len = TENSOR_STRUCT.unpack(mem.read(tensor_ptr, TENSOR_STRUCT.size))
         if dims_len > MAX_DIMS:
             raise NnError(Errno.INVALID_ARGUMENT, f"a tensor has at most {MAX_DIMS} dimensions")
         mem.read(dims_ptr, 4 * dims_len)
         data = mem.read(data_ptr, data_len)
         if index == INPUT_PROMPT:
-            ctx.prompt = data
+            ctx.prompt = _token_ids(data, ctx.graph.served.model.n_vocab) if kind == TENSOR_I32 else data
         elif index == INPUT_METADATA:
             ctx.metadata.update(parse_metadata(data))
         else:
@@ -281,14 +284,15 @@ class NnSession:
     # --- helpers ------------------------------------------------------------------------------
 
     @staticmethod
-    def _prompt(ctx: ExecContext) -> bytes:
+    def _prompt(ctx: ExecContext) -> bytes | list[int]:
         if ctx.prompt is None:
             raise NnError(Errno.INVALID_ARGUMENT, "no prompt: call set_input with index 0 first")
         return ctx.prompt
 
     def _submit(self, ctx: ExecContext) -> RequestHandle:
         served, md = ctx.graph.served, ctx.metadata
-        tokens = served.model.tokenize(self._prompt(ctx))
+        prompt = self._prompt(ctx)
+        tokens = prompt if isinstance(prompt, list) else served.model.tokenize(prompt)
         ctx.input_tokens = len(tokens)
         n_predict = md.get("n-predict", -1)
         n_top = md.get("logprobs")
@@ -342,9 +346,13 @@ class NnSession:
         return Errno.END_OF_SEQUENCE if single else Errno.SUCCESS
 
     def _embed(self, ctx: ExecContext) -> Errno:
-        text = self._prompt(ctx).decode("utf-8", "replace")
+        prompt = self._prompt(ctx)
+        embedder = ctx.graph.served.embedder()
         try:
-            [(vector, n_tokens)] = ctx.graph.served.embedder().embed([text])
+            if isinstance(prompt, list):
+                vector, n_tokens = embedder.embed_tokens(prompt), len(prompt)
+            else:
+                [(vector, n_tokens)] = embedder.embed([prompt.decode("utf-8", "replace")])
         except PromptTooLong as e:
             raise NnError(Errno.PROMPT_TOO_LONG, str(e)) from e
         ctx.input_tokens = n_tokens
@@ -404,6 +412,20 @@ class NnSession:
                 pass
             ctx.result = ctx.handle.result
             ctx.handle = None
+
+
+def _token_ids(data: bytes, n_vocab: int) -> list[int]:
+    """A prompt given as token ids (little-endian i32), each checked against the vocabulary."""
+    if not data or len(data) % 4:
+        raise NnError(Errno.INVALID_ARGUMENT, "a token-id prompt needs at least one 4-byte token id")
+    tokens = array.array("i", data)
+    if sys.byteorder != "little":  # pragma: no cover
+        tokens.byteswap()
+    for i, token in enumerate(tokens):
+        if not 0 <= token < n_vocab:
+            raise NnError(Errno.INVALID_ARGUMENT,
+                          f"token id {token} (at position {i}) is not in the model's vocabulary (0 to {n_vocab - 1})")
+    return tokens.tolist()
 
 
 def _token_entry(model, token: int, logprob: float | None) -> dict:

@@ -135,6 +135,12 @@ class Context(Resource):
             return False
         return p1 >= 0 or p0 <= 0 or self.pos_min(seq_id) == 0
 
+    def copy(self, src: int, dst: int) -> None:
+        """Make sequence ``dst`` a copy of all of ``src`` (what is past a shared prefix, the
+        caller removes). Whole sequences only: llama.cpp copies a sequence between the streams
+        of a non-unified cache only whole (and aborts on a part)."""
+        C.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+
     def pos_min(self, seq_id: int) -> int:
         """The smallest position the memory holds for a sequence (-1: none)."""
         return C.llama_memory_seq_pos_min(self._memory, seq_id)

@@ -44,6 +44,7 @@ class UnservableConfig(ValueError):
     """A context or thread count that llama.cpp or this machine's memory cannot take."""
 
 
+MIN_COPY = 8  # prompt tokens a copy from a busy sequence must save (Engine._donor)
 MAX_CELLS = 1 << 30  # KV cells of one context: llama.cpp counts them in 32-bit integers
 MAX_THREADS = 512  # GGML_MAX_N_THREADS; past it ggml (or OpenMP, before it) fails at the first decode
 
@@ -256,6 +257,10 @@ class Engine(Resource):
         # Keep the shared prefix, but evaluate at least one token to get fresh logits (all of
         # them when the prompt's log-probabilities are asked for).
         keep = 0 if handle.request.prompt_logprobs else min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
+        donor = self._donor(slot, prompt, keep) if not handle.request.prompt_logprobs else None
+        if donor is not None:  # a sequence at work holds more of this prompt: start from a copy of it
+            self.ctx.copy(donor.seq_id, slot.seq_id)
+            keep = min(_common_prefix(donor.cached, prompt), len(prompt) - 1)
         if not self.ctx.remove(slot.seq_id, keep, -1):
             keep = 0
             self.ctx.remove(slot.seq_id, 0, -1)
@@ -270,6 +275,16 @@ class Engine(Resource):
         slot.logprobs = []
         slot.prompt_logprobs = [None] if handle.request.prompt_logprobs else None
         self._stats.add(cached_tokens=keep)
+
+    def _donor(self, slot: _Slot, prompt: list[int], keep: int) -> _Slot | None:
+        """A busy sequence whose cached tokens share at least ``MIN_COPY`` more of ``prompt``
+        than ``slot`` does (the ``n`` choices of one request, or a request arriving while its
+        twin runs): copying its cells costs a memory copy, evaluating them a forward pass each."""
+        busy = [s for s in self._slots if s.busy and s is not slot]
+        if not busy:
+            return None
+        donor = max(busy, key=lambda s: _common_prefix(s.cached, prompt))
+        return donor if _common_prefix(donor.cached, prompt) >= keep + MIN_COPY else None
 
     def _step(self) -> None:
         batch = self._batch
