@@ -462,3 +462,23 @@ def test_a_failed_decode_fails_its_requests_and_the_engine_goes_on(model_path):
         assert isinstance(handle.result.error, EngineFailure) and "-3" in str(handle.result.error)
         text, result = engine.generate(GenerationRequest(model.tokenize("hello"), max_tokens=4, ignore_eos=True))
         assert result.completion_tokens == 4 and result.cached_tokens == 0
+
+
+def test_scored_prompt_chunks_are_bounded_by_their_logits_memory(model_path, monkeypatch):
+    """Echo with logprobs needs logits for every prompt token, which llama.cpp holds at once:
+    chunks are cut to PROMPT_LOGITS_BYTES of them (a 256k vocabulary and a 512-token batch
+    would otherwise ask for 512 MiB), with the same numbers."""
+    from llama_host.engine import engine as engine_module
+
+    with Model(model_path("spm")) as model, Engine(model, EngineConfig(ctx_size=512, parallel=1, batch_size=64)) as eng:
+        request = GenerationRequest(model.tokenize("one two three four five six seven eight nine ten"), max_tokens=1,
+                                    prompt_logprobs=True, logprobs=0)
+        whole = eng.submit(request)
+        whole.text()
+        monkeypatch.setattr(engine_module, "PROMPT_LOGITS_BYTES", 3 * 4 * model.n_vocab)
+        calls = eng.stats().decode_calls
+        cut = eng.submit(request)
+        cut.text()
+        assert eng.stats().decode_calls - calls >= len(request.prompt) // 3
+    assert [lp.token for lp in cut.prompt_logprobs[1:]] == request.prompt[1:]
+    assert [lp.logprob for lp in cut.prompt_logprobs[1:]] == pytest.approx([lp.logprob for lp in whole.prompt_logprobs[1:]], abs=1e-4)

@@ -44,6 +44,7 @@ class UnservableConfig(ValueError):
     """A context or thread count that llama.cpp or this machine's memory cannot take."""
 
 
+PROMPT_LOGITS_BYTES = 64 << 20  # logits of scored prompt tokens per step (echo with logprobs)
 MIN_COPY = 8  # prompt tokens a copy from a busy sequence must save (Engine._donor)
 MAX_CELLS = 1 << 30  # KV cells of one context: llama.cpp counts them in 32-bit integers
 MAX_THREADS = 512  # GGML_MAX_N_THREADS; past it ggml (or OpenMP, before it) fails at the first decode
@@ -314,8 +315,10 @@ class Engine(Resource):
             # when the rest of the prompt is cached (_start): llama.cpp's kernels depend on the batch
             # size, so its logits, and greedy output, would otherwise change with the prefix cache.
             take = min(room, len(slot.pending) - 1) or 1
-            chunk, slot.pending = slot.pending[:take], slot.pending[take:]
             scored = slot.prompt_logprobs is not None
+            if scored:  # logits for every token: llama.cpp holds them all at once, n_vocab floats each
+                take = min(take, max(1, PROMPT_LOGITS_BYTES // (4 * self.model.n_vocab)))
+            chunk, slot.pending = slot.pending[:take], slot.pending[take:]
             following = chunk[1:] + slot.pending[:1]  # the prompt token each one's logits predict
             for i, tok in enumerate(chunk):
                 index = batch.add(tok, slot.position, slot.seq_id, logits=scored)
