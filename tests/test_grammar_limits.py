@@ -76,17 +76,17 @@ WALK = 'root ::= x\nx ::= "' + "a" * 100_000 + '"\n' + "".join(f"r{i} ::= x\n" f
 
 # (request, param, words in the message); each of these crashed or hung the server, or stalled it
 REFUSED = [
-    (chat_schema({"type": "string", "pattern": "^a{1,100000}$"}), "response_format", "{1,100000}"),
-    (chat_schema({"type": "string", "maxLength": 100000}), "response_format", "'maxLength' is 100000"),
-    (chat_schema({"type": "array", "items": {"type": "integer"}, "maxItems": 1000000}), "response_format",
+    (chat_schema({"type": "string", "pattern": "^a{1,100000}$"}), "response_format.json_schema.schema", "{1,100000}"),
+    (chat_schema({"type": "string", "maxLength": 100000}), "response_format.json_schema.schema", "'maxLength' is 100000"),
+    (chat_schema({"type": "array", "items": {"type": "integer"}, "maxItems": 1000000}), "response_format.json_schema.schema",
      "'maxItems' is 1000000"),
-    (chat_schema({"enum": [f"value-{i}" for i in range(10000)]}), "response_format", "enum has 10000 values"),
-    (chat_schema({"type": "string", "minLength": 600}), "response_format", "'minLength' is 600"),
+    (chat_schema({"enum": [f"value-{i}" for i in range(10000)]}), "response_format.json_schema.schema", "enum has 10000 values"),
+    (chat_schema({"type": "string", "minLength": 600}), "response_format.json_schema.schema", "'minLength' is 600"),
     (chat_schema({"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(300)}}),
-     "response_format", "300 properties"),
+     "response_format.json_schema.schema", "300 properties"),
     (chat_schema({"type": "object", "properties": {"r": {"$ref": "#/$defs/d0"}}, "$defs": {  # deep through $ref
         f"d{i}": {"type": "object", "properties": {"x": {"$ref": f"#/$defs/d{i + 1}"}}} for i in range(40)}}),
-     "response_format", "deeper"),
+     "response_format.json_schema.schema", "deeper"),
     (completion_grammar(NESTED), "grammar", "nest deeper"),
     (completion_grammar('root ::= "a"{3,2}'), "grammar", "maximum under its minimum"),  # endless rules
     (completion_grammar('root ::= "a"{2001}'), "grammar", "limit of 2000"),
