@@ -1,5 +1,6 @@
 //! Builds the guest: `python -m ziglang build` (build.sh does) → zig-out/bin/llama-host-guest.wasm.
-//! `python -m ziglang build test` runs the native unit tests (the Jinja interpreter needs no host).
+//! `python -m ziglang build test` runs the native unit tests (the Jinja interpreter and the
+//! tool-call parser need no host; tests/test_tools.py runs them).
 const std = @import("std");
 
 pub fn build(b: *std.Build) void {
@@ -15,10 +16,9 @@ pub fn build(b: *std.Build) void {
     exe.stack_size = 8 << 20; // template evaluation recurses; its depth is limited in jinja.Limits
     b.installArtifact(exe);
 
-    const tests = b.addTest(.{
-        .root_source_file = b.path("src/jinja.zig"),
-        .target = b.graph.host,
-    });
-    const run_tests = b.addRunArtifact(tests);
-    b.step("test", "Run the guest's native unit tests").dependOn(&run_tests.step);
+    const step = b.step("test", "Run the guest's native unit tests");
+    for ([_][]const u8{ "src/jinja.zig", "src/toolcall.zig" }) |root| {
+        const tests = b.addTest(.{ .root_source_file = b.path(root), .target = b.graph.host });
+        step.dependOn(&b.addRunArtifact(tests).step);
+    }
 }

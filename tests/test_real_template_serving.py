@@ -40,8 +40,9 @@ def serving(tmp_path_factory):
 def test_auto_serves_the_gguf_template(serving, index):
     registry, s = serving
     model = registry.get(f"t{index}").model
+    # enable_thinking: passed, true unless turned off, as llama-server passes it
     want = render_jinja2(model.info.chat_template, {"messages": MESSAGES, "add_generation_prompt": True,
-                                                   "bos_token": model.info.bos_token or "",
+                                                   "enable_thinking": True, "bos_token": model.info.bos_token or "",
                                                    "eos_token": model.info.eos_token or ""})
     reply = s.call("chat", json.dumps({"model": f"t{index}", "messages": MESSAGES, "max_tokens": 2}).encode())
     body = json.loads(reply.body)

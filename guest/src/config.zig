@@ -18,6 +18,8 @@ pub const Config = struct {
     /// WASI-NN metadata applied under every request's own settings (server-wide defaults).
     defaults: ?std.json.Value = null,
     system_fingerprint: []const u8 = "llama-host",
+    /// "deepseek": a chat answer's <think> block is its reasoning_content; "none": left in the content.
+    reasoning_format: []const u8 = "deepseek",
 
     /// The model a request names; a request without `model` gets the first one.
     pub fn find(self: Config, id: ?[]const u8) ?*const Model {

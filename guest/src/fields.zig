@@ -202,7 +202,7 @@ fn escapeAt(body: []const u8, i: usize) ?u16 {
 }
 
 /// The deepest nesting of arrays and objects, counted without parsing (strings skipped).
-fn nestingDepth(body: []const u8) usize {
+pub fn nestingDepth(body: []const u8) usize {
     var depth: usize = 0;
     var deepest: usize = 0;
     var in_string = false;

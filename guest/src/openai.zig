@@ -7,6 +7,7 @@ const fields = @import("fields.zig");
 const logprobs = @import("logprobs.zig");
 const prompt = @import("prompt.zig");
 const reply = @import("reply.zig");
+const toolcall = @import("toolcall.zig");
 
 const Value = std.json.Value;
 const Allocator = std.mem.Allocator;
@@ -35,6 +36,10 @@ const Job = struct {
     grammar_param: ?[]const u8 = null, // the field a grammar the host refuses came from
     logprobs: bool = false, // the answer carries log-probabilities
     n: usize = 1, // choices per prompt
+    tools: toolcall.Request = .{},
+    format: toolcall.Format = .generic, // chat: how the model's template writes tool calls
+    in_reasoning: bool = false, // chat: the prompt ends inside a think block
+    think: bool = true, // chat: split <think> blocks into reasoning_content (reasoning_format)
 };
 
 /// A prompt for the model: text (the host tokenizes it) or token ids.
@@ -76,15 +81,18 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
         return problem.fail("n", "'n' is {d}, more than the {d} sequences the model '{s}' decodes at once (its --parallel)", .{ job.n, info.n_parallel, job.model_id });
     const prompts: []const Prompt = switch (api) {
         .chat, .template => blk: {
-            const text = prompt.renderChat(gpa, job.model, info, request, problem) catch |err| switch (err) {
+            const rendered = prompt.renderChat(gpa, job.model, info, request, job.tools, problem) catch |err| switch (err) {
                 error.Template => {
                     failure.* = .{ .kind = .template_error, .message = problem.message };
                     return error.Failed;
                 },
                 else => |e| return e,
             };
-            if (api == .template) return reply.json(gpa, .body, .{ .prompt = text });
-            break :blk try gpa.dupe(Prompt, &.{.{ .text = text }});
+            if (api == .template) return reply.json(gpa, .body, .{ .prompt = rendered.text });
+            job.format = rendered.format;
+            job.in_reasoning = rendered.in_reasoning;
+            try toolGrammar(gpa, &job);
+            break :blk try gpa.dupe(Prompt, &.{.{ .text = rendered.text }});
         },
         .completion => try completionPrompts(gpa, request, &job),
     };
@@ -105,6 +113,9 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
             .prompt_chars = if (p == .text) logprobs.characters(p.text) else 0,
             .text = std.ArrayList(u8).init(gpa),
             .entries = std.ArrayList(Value).init(gpa),
+            .reasoning = std.ArrayList(u8).init(gpa),
+            .calls = std.ArrayList(toolcall.Call).init(gpa),
+            .split = if (api == .chat) toolcall.Splitter.init(gpa, job.format, job.tools.active(), job.think, job.in_reasoning) else null,
         };
         created += 1;
         c.ctx.setInput(.metadata, try choiceMetadata(gpa, &job, i % job.n)) catch |err| return jobFailure(gpa, err, &job, api, failure);
@@ -120,7 +131,8 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
         error.ContextFull => {}, // the text so far is the answer, finish_reason "length"
         else => return jobFailure(gpa, err, &job, api, failure),
     };
-    try c.text.appendSlice(c.ctx.output(gpa, .text) catch |err| return jobFailure(gpa, err, &job, api, failure));
+    try c.gather(try c.take(c.ctx.output(gpa, .text) catch |err| return jobFailure(gpa, err, &job, api, failure)));
+    try c.gather(try c.end());
     c.usage = try Usage.read(gpa, c.ctx);
     if (job.logprobs) {
         const generated = logprobs.read(gpa, c.ctx, .generated, false) catch |err| return jobFailure(gpa, err, &job, api, failure);
@@ -128,6 +140,27 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
         if (c.echo != null) c.prompt_entries = logprobs.read(gpa, c.ctx, .prompt, false) catch |err| return jobFailure(gpa, err, &job, api, failure);
     }
     try answer.whole(choices);
+}
+
+/// The grammar that makes the model's calls valid (toolcall.grammar), unless the request brings
+/// its own (`grammar`, `response_format`), which then wins for `auto` (validate refuses it with
+/// a required or named tool).
+fn toolGrammar(gpa: Allocator, job: *Job) error{OutOfMemory}!void {
+    const md = &job.metadata;
+    if (md.get("grammar") != null or md.get("json-schema") != null) return;
+    const g = (try toolcall.grammar(gpa, job.format, job.tools)) orelse return;
+    try md.put("grammar", .{ .string = g.gbnf });
+    try md.put("grammar-schemas", .{ .object = g.schemas });
+    if (g.lazy) {
+        try md.put("grammar-lazy", .{ .bool = true });
+        var trigger = std.json.ObjectMap.init(gpa);
+        try trigger.put("type", .{ .string = "word" });
+        try trigger.put("value", .{ .string = g.trigger });
+        var triggers = std.json.Array.init(gpa);
+        try triggers.append(.{ .object = trigger });
+        try md.put("grammar-triggers", .{ .array = triggers });
+    }
+    job.grammar_param = "tools";
 }
 
 /// The metadata of the `j`th choice of a prompt: with a seed, choice j draws with seed + j, so
@@ -155,6 +188,29 @@ const Choice = struct {
     started: bool = false,
     done: bool = false,
     offset: usize = 0, // streamed completions: text_offset of the next token
+    split: ?toolcall.Splitter, // chat: content, reasoning and tool calls
+    reasoning: std.ArrayList(u8), // not streamed: reasoning_content so far
+    calls: std.ArrayList(toolcall.Call), // not streamed: the tool calls
+
+    /// What a piece of generated text releases (all of it, as content, but in chat).
+    fn take(self: *Choice, piece: []const u8) error{OutOfMemory}!toolcall.Delta {
+        return if (self.split) |*s| s.push(piece) else .{ .content = piece };
+    }
+
+    /// What the end of generation releases.
+    fn end(self: *Choice) error{OutOfMemory}!toolcall.Delta {
+        return if (self.split) |*s| s.finish() else .{};
+    }
+
+    fn gather(self: *Choice, d: toolcall.Delta) error{OutOfMemory}!void {
+        try self.text.appendSlice(d.content);
+        try self.reasoning.appendSlice(d.reasoning);
+        try self.calls.appendSlice(d.calls);
+    }
+
+    fn finishReason(self: *const Choice) []const u8 {
+        return if (self.calls.items.len > 0) "tool_calls" else self.usage.finish_reason;
+    }
 };
 
 /// Generates every choice a token at a time, round robin (the host runs them together, so a
@@ -188,18 +244,27 @@ fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer
                     logprobs.read(gpa, c.ctx, .generated, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure)
                 else
                     &.{};
+                const d = try c.take(piece);
                 if (!job.stream) {
-                    try c.text.appendSlice(piece);
+                    try c.gather(d);
                     try c.entries.appendSlice(entries);
-                } else if (piece.len > 0 or entries.len > 0) {
-                    try answer.chunk(c.index, piece, false, null, if (job.logprobs) try answer.chunkLogprobs(entries, &c.offset) else null);
+                } else if (!d.empty() or entries.len > 0) {
+                    const lp = if (job.logprobs) try answer.chunkLogprobs(entries, &c.offset) else null;
+                    if (answer.api == .chat) try answer.delta(c, d, lp) else try answer.chunk(c.index, d.content, false, null, lp);
                 }
                 continue;
             }
             c.done = true;
             live -= 1;
             c.usage = try Usage.readSingle(gpa, c.ctx);
-            if (job.stream) try answer.chunk(c.index, "", false, c.usage.finish_reason, null);
+            const d = try c.end();
+            if (!job.stream) {
+                try c.gather(d);
+                continue;
+            }
+            if (!d.empty()) try answer.delta(c, d, null); // (chat only: other APIs release nothing at the end)
+            try c.calls.appendSlice(d.calls);
+            try answer.chunk(c.index, "", false, c.finishReason(), null);
         }
     }
     if (!job.stream) return answer.whole(choices);
@@ -263,6 +328,17 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
     // llama-server's top-level `json_schema`; `response_format` wins over it; `grammar` over both.
     if (try request.object("json_schema")) |schema| try putSchema(gpa, &job, "json_schema", schema.map);
     if (api != .completion) try responseFormat(gpa, request, &job);
+    if (api != .completion) {
+        // llama-server's reasoning_format, per request as well as per server
+        const reasoning = (try request.string("reasoning_format")) orelse cfg.reasoning_format;
+        if (!std.mem.eql(u8, reasoning, "deepseek") and !std.mem.eql(u8, reasoning, "none") and !std.mem.eql(u8, reasoning, "auto"))
+            return request.problem.fail("reasoning_format", "'reasoning_format' must be deepseek, auto or none, not '{}'", .{fields.echo(reasoning)});
+        job.think = !std.mem.eql(u8, reasoning, "none");
+        job.tools = try toolcall.readRequest(gpa, request);
+        const forced = job.tools.active() and job.tools.choice != .auto;
+        if (forced and job.grammar_param != null)
+            return request.problem.fail("tool_choice", "'tool_choice' that requires a call cannot be combined with '{s}': both constrain the answer", .{job.grammar_param.?});
+    }
 
     job.stream = (try request.boolean("stream")) orelse false;
     if (try request.object("stream_options")) |opts| {
@@ -503,6 +579,7 @@ const Answer = struct {
     fingerprint: []const u8,
     include_usage: bool,
     logprobs: bool,
+    format: toolcall.Format, // for call ids
 
     fn init(gpa: Allocator, api: Api, cfg: config.Config, job: Job) Answer {
         return .{
@@ -514,6 +591,7 @@ const Answer = struct {
             .fingerprint = cfg.system_fingerprint,
             .include_usage = job.include_usage,
             .logprobs = job.logprobs,
+            .format = job.format,
         };
     }
 
@@ -539,10 +617,100 @@ const Answer = struct {
 
     const ChatChoice = struct {
         index: usize,
-        message: struct { role: []const u8 = "assistant", content: []const u8 },
+        message: Message,
         logprobs: ?Value,
         finish_reason: []const u8,
     };
+
+    /// An assistant message: `content` null when there are only calls, `reasoning_content`
+    /// and `tool_calls` when there are any.
+    const Message = struct {
+        content: []const u8,
+        reasoning: []const u8,
+        calls: []const ToolCall,
+
+        pub fn jsonStringify(self: Message, jws: anytype) !void {
+            try jws.beginObject();
+            try jws.objectField("role");
+            try jws.write("assistant");
+            try jws.objectField("content");
+            if (self.content.len == 0 and self.calls.len > 0) try jws.write(null) else try jws.write(self.content);
+            if (self.reasoning.len > 0) {
+                try jws.objectField("reasoning_content");
+                try jws.write(self.reasoning);
+            }
+            if (self.calls.len > 0) {
+                try jws.objectField("tool_calls");
+                try jws.write(self.calls);
+            }
+            try jws.endObject();
+        }
+    };
+
+    /// A call in a message, or (`index` set) in a stream: first with its id and name and empty
+    /// arguments, then (`id` null) with its arguments.
+    const ToolCall = struct {
+        index: ?usize = null,
+        id: ?[]const u8,
+        name: []const u8,
+        arguments: []const u8,
+
+        pub fn jsonStringify(self: ToolCall, jws: anytype) !void {
+            try jws.beginObject();
+            if (self.index) |i| {
+                try jws.objectField("index");
+                try jws.write(i);
+            }
+            if (self.id) |id| {
+                try jws.objectField("id");
+                try jws.write(id);
+                try jws.objectField("type");
+                try jws.write("function");
+            }
+            try jws.objectField("function");
+            try jws.beginObject();
+            if (self.id != null) {
+                try jws.objectField("name");
+                try jws.write(self.name);
+            }
+            try jws.objectField("arguments");
+            try jws.write(self.arguments);
+            try jws.endObject();
+            try jws.endObject();
+        }
+    };
+
+    fn message(self: Answer, c: *const Choice) error{OutOfMemory}!Message {
+        const calls = try self.gpa.alloc(ToolCall, c.calls.items.len);
+        for (c.calls.items, calls) |call, *out|
+            out.* = .{ .id = try toolcall.newId(self.gpa, self.format), .name = call.name, .arguments = call.arguments };
+        return .{ .content = c.text.items, .reasoning = c.reasoning.items, .calls = calls };
+    }
+
+    /// A streamed chat step: content and reasoning as they come, a call in two chunks.
+    fn delta(self: Answer, c: *const Choice, d: toolcall.Delta, lp: ?Value) reply.EmitError!void {
+        if (d.content.len > 0 or d.reasoning.len > 0 or lp != null) {
+            try self.event("chat.completion.chunk", .{.{
+                .index = c.index,
+                .delta = Delta{ .content = if (d.content.len > 0 or d.reasoning.len == 0) d.content else null, .reasoning = d.reasoning },
+                .logprobs = lp,
+                .finish_reason = null,
+            }}, null);
+        }
+        for (d.calls, 0..) |call, k| {
+            const index = c.calls.items.len + k;
+            const id = try toolcall.newId(self.gpa, self.format);
+            for ([_]ToolCall{
+                .{ .index = index, .id = id, .name = call.name, .arguments = "" },
+                .{ .index = index, .id = null, .name = call.name, .arguments = call.arguments },
+            }) |part| try self.event("chat.completion.chunk", .{.{
+                .index = c.index,
+                .delta = Delta{ .content = null, .tool_calls = &.{part} },
+                .logprobs = null,
+                .finish_reason = null,
+            }}, null);
+        }
+    }
     const TextChoice = struct { text: []const u8, index: usize, logprobs: ?Value, finish_reason: []const u8 };
 
     fn whole(self: Answer, choices: []const Choice) reply.EmitError!void {
@@ -552,9 +720,9 @@ const Answer = struct {
                 const out = try self.gpa.alloc(ChatChoice, choices.len);
                 for (choices, out) |*c, *o| o.* = .{
                     .index = c.index,
-                    .message = .{ .content = c.text.items },
+                    .message = try self.message(c),
                     .logprobs = try self.choiceLogprobs(c),
-                    .finish_reason = c.usage.finish_reason,
+                    .finish_reason = c.finishReason(),
                 };
                 try reply.json(self.gpa, .body, .{ .id = self.id, .object = "chat.completion", .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = out, .usage = usage });
             },
@@ -609,7 +777,9 @@ const Answer = struct {
 
     const Delta = struct {
         role: ?[]const u8 = null,
-        content: []const u8,
+        content: ?[]const u8,
+        reasoning: []const u8 = "",
+        tool_calls: []const ToolCall = &.{},
 
         pub fn jsonStringify(self: Delta, jws: anytype) !void {
             try jws.beginObject();
@@ -617,8 +787,18 @@ const Answer = struct {
                 try jws.objectField("role");
                 try jws.write(role);
             }
-            try jws.objectField("content");
-            try jws.write(self.content);
+            if (self.content) |content| {
+                try jws.objectField("content");
+                try jws.write(content);
+            }
+            if (self.reasoning.len > 0) {
+                try jws.objectField("reasoning_content");
+                try jws.write(self.reasoning);
+            }
+            if (self.tool_calls.len > 0) {
+                try jws.objectField("tool_calls");
+                try jws.write(self.tool_calls);
+            }
             try jws.endObject();
         }
     };

@@ -4,6 +4,7 @@ const abi = @import("abi.zig");
 const config = @import("config.zig");
 const fields = @import("fields.zig");
 const jinja = @import("jinja.zig");
+const toolcall = @import("toolcall.zig");
 
 const Value = std.json.Value;
 const Allocator = std.mem.Allocator;
@@ -33,13 +34,23 @@ const roles = [_][]const u8{ "system", "user", "assistant", "tool", "developer" 
 
 pub const RenderError = error{ Invalid, Template, OutOfMemory };
 
-/// Validates `messages` (and `tools`) and renders the model's template with them. On
-/// error.Invalid or error.Template, `problem` says why.
-pub fn renderChat(gpa: Allocator, model: *const config.Model, info: ModelInfo, request: fields.Object, problem: *fields.Problem) RenderError![]const u8 {
+/// A chat request's prompt, and what its template says about the model's output.
+pub const Rendered = struct {
+    text: []const u8,
+    format: toolcall.Format, // how the template writes tool calls
+    in_reasoning: bool, // the prompt ends inside a think block the template opened
+};
+
+/// Validates `messages` and renders the model's template with them and the request's (already
+/// validated) tools. On error.Invalid or error.Template, `problem` says why.
+pub fn renderChat(gpa: Allocator, model: *const config.Model, info: ModelInfo, request: fields.Object, tools: toolcall.Request, problem: *fields.Problem) RenderError!Rendered {
     const messages = (try request.array("messages")) orelse return problem.fail("messages", "'messages' is required", .{});
     if (messages.len == 0) return problem.fail("messages", "'messages' must hold at least one message", .{});
     var normalized = std.json.Array.init(gpa);
     for (messages, 0..) |m, i| try normalized.append(try normalize(gpa, m, i, problem));
+    const source = try templateSource(gpa, model, info, problem);
+    const format = toolcall.Format.detect(source);
+    if (tools.active() and format == .generic) try describeTools(gpa, &normalized, tools);
 
     // Prefill (vLLM's `continue_final_message`, llama-server's assistant prefill): a final
     // assistant message with text is continued rather than closed, unless the request asks for
@@ -60,11 +71,29 @@ pub fn renderChat(gpa: Allocator, model: *const config.Model, info: ModelInfo, r
     try context.put("add_generation_prompt", .{ .bool = continued == null and (generation_field orelse true) });
     try context.put("bos_token", .{ .string = info.bos_token orelse "" });
     try context.put("eos_token", .{ .string = info.eos_token orelse "" });
-    if (try request.array("tools")) |tools| {
-        if (tools.len > 0) try context.put("tools", .{ .array = .{ .items = tools, .capacity = tools.len, .allocator = gpa } });
+    // As transformers and llama-server pass them: `tools` unless tool_choice is none, thinking
+    // on unless turned off (`reasoning_effort: "none"`, or chat_template_kwargs), and every
+    // chat_template_kwargs key.
+    if (tools.active()) if (try request.array("tools")) |list| {
+        try context.put("tools", .{ .array = .{ .items = list, .capacity = list.len, .allocator = gpa } });
+    };
+    const effort = try request.string("reasoning_effort");
+    if (effort) |e| {
+        for ([_][]const u8{ "none", "minimal", "low", "medium", "high" }) |known| {
+            if (std.mem.eql(u8, e, known)) break;
+        } else return problem.fail("reasoning_effort", "'reasoning_effort' must be none, minimal, low, medium or high, not '{}'", .{fields.echo(e)});
+        if (!std.mem.eql(u8, e, "none")) try context.put("reasoning_effort", .{ .string = e });
+    }
+    try context.put("enable_thinking", .{ .bool = !(effort != null and std.mem.eql(u8, effort.?, "none")) });
+    if (try request.object("chat_template_kwargs")) |kwargs| {
+        var it = kwargs.map.iterator();
+        while (it.next()) |e| {
+            if (std.mem.eql(u8, e.key_ptr.*, "messages"))
+                return problem.fail("chat_template_kwargs.messages", "'chat_template_kwargs' cannot replace 'messages'", .{});
+            try context.put(e.key_ptr.*, e.value_ptr.*);
+        }
     }
 
-    const source = try templateSource(gpa, model, info, problem);
     var diag = jinja.Diagnostic{};
     const rendered = jinja.render(gpa, source, .{ .object = context }, .{ .now = std.time.timestamp() }, &diag) catch {
         const prefix = "the chat template failed: ";
@@ -75,7 +104,27 @@ pub fn renderChat(gpa: Allocator, model: *const config.Model, info: ModelInfo, r
             std.fmt.allocPrint(gpa, prefix ++ "{s}", .{diag.message}) catch diag.message;
         return error.Template;
     };
-    return if (continued) |text| try cutAfter(rendered, text, problem) else rendered;
+    const text = if (continued) |t| try cutAfter(rendered, t, problem) else rendered;
+    const tail = std.mem.trimRight(u8, text, " \t\r\n");
+    return .{ .text = text, .format = format, .in_reasoning = std.mem.endsWith(u8, tail, "<think>") };
+}
+
+/// A template with no tool format learns of the tools from the system message (llama.cpp's
+/// generic format does the same): the instructions join the first system message, or come first.
+fn describeTools(gpa: Allocator, messages: *std.json.Array, tools: toolcall.Request) error{OutOfMemory}!void {
+    const text = try toolcall.genericInstructions(gpa, tools);
+    if (messages.items.len > 0) {
+        const first = &messages.items[0].object;
+        const content = first.get("content") orelse Value.null;
+        if (std.mem.eql(u8, first.get("role").?.string, "system") and content == .string) {
+            try first.put("content", .{ .string = try std.mem.concat(gpa, u8, &.{ content.string, "\n\n", text }) });
+            return;
+        }
+    }
+    var system = std.json.ObjectMap.init(gpa);
+    try system.put("role", .{ .string = "system" });
+    try system.put("content", .{ .string = text });
+    try messages.insert(0, .{ .object = system });
 }
 
 const whitespace = " \t\n\r\x0b\x0c";
@@ -114,6 +163,8 @@ fn normalize(gpa: Allocator, message: Value, index: usize, problem: *fields.Prob
 
     var out = try message.object.clone();
     if (std.mem.eql(u8, role, "developer")) try out.put("role", .{ .string = "system" }); // OpenAI's newer name
+    if (has_tool_calls) try out.put("tool_calls", try decodeArguments(gpa, m, path, problem));
+    if (std.mem.eql(u8, role, "tool")) _ = try m.string("tool_call_id");
     const content = m.get("content") orelse {
         if (std.mem.eql(u8, role, "assistant") and has_tool_calls) {
             try out.put("content", .null);
@@ -141,6 +192,35 @@ fn normalize(gpa: Allocator, message: Value, index: usize, problem: *fields.Prob
         else => return problem.fail(try m.param("content"), "'{s}.content' must be a string or an array of text parts, not {s}", .{ path, fields.typeName(content) }),
     }
     return .{ .object = out };
+}
+
+/// An assistant message's `tool_calls` as templates want them: OpenAI sends each call's
+/// `arguments` as a JSON string; templates (and llama-server) use the object. A string that is
+/// not a JSON object stays a string.
+fn decodeArguments(gpa: Allocator, m: fields.Object, path: []const u8, problem: *fields.Problem) RenderError!Value {
+    const calls = (try m.array("tool_calls")).?;
+    var out = std.json.Array.init(gpa);
+    for (calls, 0..) |call, i| {
+        const cpath = try std.fmt.allocPrint(gpa, "{s}.tool_calls[{d}]", .{ path, i });
+        if (call != .object) return problem.fail(cpath, "'{s}' must be an object, not {s}", .{ cpath, fields.typeName(call) });
+        const c = fields.Object{ .map = call.object, .path = cpath, .problem = problem };
+        _ = try c.string("id");
+        const function = (try c.object("function")) orelse return problem.fail(try c.param("function"), "'{s}.function' is required", .{cpath});
+        _ = (try function.string("name")) orelse return problem.fail(try function.param("name"), "'{s}.function.name' is required", .{cpath});
+        var fn_out = try function.map.clone();
+        if (function.get("arguments")) |args| switch (args) {
+            .string => |text| {
+                const parsed = if (fields.nestingDepth(text) > fields.max_depth) null else std.json.parseFromSliceLeaky(Value, gpa, text, .{}) catch null;
+                if (parsed != null and parsed.? == .object) try fn_out.put("arguments", parsed.?);
+            },
+            .object => {},
+            else => return problem.fail(try function.param("arguments"), "'{s}.function.arguments' must be a JSON string, not {s}", .{ cpath, fields.typeName(args) }),
+        };
+        var call_out = try call.object.clone();
+        try call_out.put("function", .{ .object = fn_out });
+        try out.append(.{ .object = call_out });
+    }
+    return .{ .array = out };
 }
 
 fn templateSource(gpa: Allocator, model: *const config.Model, info: ModelInfo, problem: *fields.Problem) RenderError![]const u8 {

@@ -113,6 +113,8 @@ def serve(
     queue_size: Annotated[int, typer.Option(help="Requests that may wait for a free sequence (503 past it).")] = 64,
     log_level: Annotated[str, typer.Option(envvar="LLAMA_LOG", help="debug, info, warning or error.")] = "info",
     seed: Annotated[Optional[int], typer.Option(help="Default sampling seed (requests without 'seed').")] = None,
+    reasoning_format: Annotated[str, typer.Option(
+        help="deepseek: a <think> block of a chat answer is its reasoning_content; none: it stays in the content.")] = "deepseek",
     config: Annotated[Optional[Path], typer.Option(
         is_eager=True, callback=_load_config, expose_value=False,
         help="A YAML file of option values (these option names, or the keys of llm-api's config.yaml). "
@@ -133,6 +135,8 @@ def serve(
         if not 0 < seconds <= 86400:
             raise UsageError(f"{name} must be more than 0 and at most 86400 seconds, not {seconds}")
     positive("--n-predict", n_predict, -1)
+    if reasoning_format not in ("deepseek", "none"):
+        raise UsageError(f"--reasoning-format must be deepseek or none, not {reasoning_format!r}")
     positive("--n-gpu-layers", n_gpu_layers, 0)
     if web_ui is not None and not web_ui.is_dir():
         raise UsageError(f"--web-ui: {web_ui} is not a folder")
@@ -163,8 +167,9 @@ def serve(
                         worker_threads=parallel + queue_size + 8,
                         info={"ctx_size": ctx_size, "batch_size": batch_size, "parallel": parallel,
                               "queue_size": queue_size, "prompt_template": prompt_template, "defaults": defaults,
+                              "reasoning_format": reasoning_format,
                               "templates": template_names()})
-    registry, serving = _load(preloads, engine_config, n_gpu_layers, routes, defaults)
+    registry, serving = _load(preloads, engine_config, n_gpu_layers, routes, defaults, reasoning_format)
     state = State(settings, registry, serving)
     log.info("llama-host %s listening on http://%s:%d, serving %s", __version__, host, bound_port,
              ", ".join(r.id for r in routes))
@@ -183,7 +188,7 @@ class StartError(Exception):
 
 
 def _load(preloads: list[Preload], engine_config: EngineConfig, n_gpu_layers: int | None,
-          routes: list[ModelRoute], defaults: dict) -> tuple[ModelRegistry, Serving]:
+          routes: list[ModelRoute], defaults: dict, reasoning_format: str) -> tuple[ModelRegistry, Serving]:
     """Loads every model before the server listens, so a model that cannot be served stops it
     with one line instead of leaving a server up that answers nothing. SIGTERM or Ctrl-C
     meanwhile stop it (exit 130)."""
@@ -192,7 +197,7 @@ def _load(preloads: list[Preload], engine_config: EngineConfig, n_gpu_layers: in
         registry = ModelRegistry.load(preloads, engine_config, n_gpu_layers=n_gpu_layers)
         try:
             serving = Serving(registry, routes, defaults=defaults, runner_config=RunnerConfig(templates_dir=templates_dir()),
-                              system_fingerprint=f"llama-host-{__version__}")
+                              system_fingerprint=f"llama-host-{__version__}", reasoning_format=reasoning_format)
         except BaseException:
             registry.close()
             raise

@@ -90,6 +90,7 @@ class Serving(Resource):
         defaults: dict | None = None,
         runner_config: RunnerConfig | None = None,
         system_fingerprint: str = "llama-host",
+        reasoning_format: str = "deepseek",
         wasm: Path | None = None,
     ) -> None:
         self.routes = list(routes)
@@ -101,6 +102,7 @@ class Serving(Resource):
                 "models": [dataclasses.asdict(r) for r in self.routes],
                 "defaults": defaults or {},
                 "system_fingerprint": system_fingerprint,
+                "reasoning_format": reasoning_format,
             }
         )
 
