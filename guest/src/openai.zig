@@ -115,7 +115,7 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
             .entries = std.ArrayList(Value).init(gpa),
             .reasoning = std.ArrayList(u8).init(gpa),
             .calls = std.ArrayList(toolcall.Call).init(gpa),
-            .split = if (api == .chat) toolcall.Splitter.init(gpa, job.format, job.tools.active(), job.think, job.in_reasoning) else null,
+            .split = if (api == .chat) toolcall.Splitter.init(gpa, job.format, job.tools.tools, job.tools.active(), job.think, job.in_reasoning) else null,
         };
         created += 1;
         c.ctx.setInput(.metadata, try choiceMetadata(gpa, &job, i % job.n)) catch |err| return jobFailure(gpa, err, &job, api, failure);

@@ -183,14 +183,24 @@ pub fn grammar(gpa: Allocator, format: Format, req: Request) error{OutOfMemory}!
         .xml => {
             try w.print("root ::= call{s}\ncall ::= \"<tool_call>\\n\" (", .{if (many) " (\"\\n\" call)*" else ""});
             var k: usize = 0;
+            var params = std.ArrayList(u8).init(gpa);
             for (req.tools) |tool| {
                 if (req.choice == .named and !std.mem.eql(u8, req.choice.named, tool.name)) continue;
                 if (k > 0) try w.writeAll(" | ");
-                try w.print("\"<function={s}>\\n\" xml-param*", .{tool.name});
+                try w.print("\"<function={s}>\\n\"", .{tool.name});
+                // the required parameters in order, then each optional one or not
+                const props = objectField(tool.parameters, "properties");
+                if (props == .object) for (props.object.keys(), props.object.values(), 0..) |key, prop, j| {
+                    if (!validKey(key)) continue;
+                    const rule = try std.fmt.allocPrint(gpa, "xml-{d}-{d}", .{ k, j });
+                    try w.print(" {s}{s}", .{ rule, if (isRequired(tool.parameters, key)) "" else "?" });
+                    try params.writer().print("{s} ::= \"<parameter={s}>\\n\" {s} \"\\n</parameter>\\n\"\n", .{ rule, key, try xmlValue(gpa, &schemas, rule, prop) });
+                };
                 k += 1;
             }
-            // a value is free text without '<'; llama.cpp's converter is not needed here
-            try w.writeAll(") \"</function>\\n</tool_call>\"\nxml-param ::= \"<parameter=\" [a-zA-Z0-9_.-]+ \">\\n\" [^<]* \"\\n</parameter>\\n\"\n");
+            try w.writeAll(") \"</function>\\n</tool_call>\"\n");
+            try w.writeAll(params.items);
+            try w.writeAll("xml-text ::= [^<]*\n");
         },
         .generic => {
             // the whole answer is the envelope: calls, or (unless a call is required) text
@@ -232,6 +242,52 @@ pub fn grammar(gpa: Allocator, format: Format, req: Request) error{OutOfMemory}!
         return .{ .gbnf = lz.items, .schemas = schemas, .lazy = true, .trigger = trigger };
     }
     return .{ .gbnf = g.items, .schemas = schemas, .lazy = lazy, .trigger = trigger };
+}
+
+/// The grammar of a parameter value written as text: a number or boolean as such, a string as
+/// free text without '<' (an enum as its values), anything else JSON by its schema.
+fn xmlValue(gpa: Allocator, schemas: *std.json.ObjectMap, rule: []const u8, prop: Value) error{OutOfMemory}![]const u8 {
+    const kind = objectField(prop, "type");
+    const name = if (kind == .string) kind.string else "";
+    if (objectField(prop, "enum") == .array) {
+        var alts = std.ArrayList(u8).init(gpa);
+        for (objectField(prop, "enum").array.items) |v| if (v == .string and std.mem.indexOfAny(u8, v.string, "\"\\<\n") == null) {
+            if (alts.items.len > 0) try alts.appendSlice(" | ");
+            try alts.writer().print("\"{s}\"", .{v.string});
+        };
+        if (alts.items.len > 0) return std.fmt.allocPrint(gpa, "({s})", .{alts.items});
+    }
+    if (std.mem.eql(u8, name, "string")) return "xml-text";
+    if (std.mem.eql(u8, name, "integer")) return "\"-\"? [0-9]{1,15}";
+    if (std.mem.eql(u8, name, "number")) return "\"-\"? [0-9]{1,15} (\".\" [0-9]{1,15})?";
+    if (std.mem.eql(u8, name, "boolean")) return "(\"true\" | \"false\")";
+    const json_rule = try std.fmt.allocPrint(gpa, "{s}-json", .{rule});
+    try schemas.put(json_rule, prop);
+    return json_rule;
+}
+
+fn schemaOf(tools: []const Tool, name: []const u8) Value {
+    for (tools) |t| if (std.mem.eql(u8, t.name, name)) return t.parameters;
+    return .null;
+}
+
+fn objectField(v: Value, name: []const u8) Value {
+    if (v != .object) return .null;
+    return v.object.get(name) orelse .null;
+}
+
+fn isRequired(schema: Value, key: []const u8) bool {
+    const required = objectField(schema, "required");
+    if (required != .array) return false;
+    for (required.array.items) |r| if (r == .string and std.mem.eql(u8, r.string, key)) return true;
+    return false;
+}
+
+/// A property name that can stand in a grammar literal and an XML tag as it is.
+fn validKey(key: []const u8) bool {
+    if (key.len == 0 or key.len > 64) return false;
+    for (key) |c| if (!(std.ascii.isAlphanumeric(c) or c == '_' or c == '-' or c == '.')) return false;
+    return true;
 }
 
 /// `{"name": <const>, <args_key>: <parameters>}` (and Mistral's 9-character `id`).
@@ -303,6 +359,7 @@ pub const Delta = struct {
 pub const Splitter = struct {
     gpa: Allocator,
     format: Format,
+    tools: []const Tool, // (their schemas type the values of XML calls)
     calls: bool, // look for tool calls
     think: bool, // split <think> blocks into reasoning
     mode: enum { content, reasoning, calls },
@@ -311,10 +368,11 @@ pub const Splitter = struct {
     trim: bool = false, // drop whitespace before the content that follows reasoning
 
     /// `in_reasoning`: the prompt ended inside a think block (templates that open it).
-    pub fn init(gpa: Allocator, format: Format, calls: bool, think: bool, in_reasoning: bool) Splitter {
+    pub fn init(gpa: Allocator, format: Format, tools: []const Tool, calls: bool, think: bool, in_reasoning: bool) Splitter {
         return .{
             .gpa = gpa,
             .format = format,
+            .tools = tools,
             .calls = calls,
             .think = think,
             .mode = if (think and in_reasoning) .reasoning else if (calls and format == .generic) .calls else .content,
@@ -331,7 +389,7 @@ pub const Splitter = struct {
         var delta = try self.step(true);
         if (self.mode == .calls) {
             const text = self.pending.items;
-            if (try parseCalls(self.gpa, self.format, text)) |parsed| {
+            if (try parseCalls(self.gpa, self.format, self.tools, text)) |parsed| {
                 delta.calls = parsed.calls;
                 delta.content = try std.mem.concat(self.gpa, u8, &.{ delta.content, parsed.rest });
             } else {
@@ -428,7 +486,7 @@ const Parsed = struct { calls: []const Call, rest: []const u8 };
 
 /// The calls in `text` (which starts at a call marker, or is the generic envelope), and any text
 /// after them; null when it is not a well-formed call (then it is content).
-pub fn parseCalls(gpa: Allocator, format: Format, text: []const u8) error{OutOfMemory}!?Parsed {
+pub fn parseCalls(gpa: Allocator, format: Format, tools: []const Tool, text: []const u8) error{OutOfMemory}!?Parsed {
     var calls = std.ArrayList(Call).init(gpa);
     var at: usize = 0;
     switch (format) {
@@ -449,7 +507,7 @@ pub fn parseCalls(gpa: Allocator, format: Format, text: []const u8) error{OutOfM
                 if (wrapped) return null;
                 break;
             }
-            const call = (try xmlCall(gpa, text, &at)) orelse return null;
+            const call = (try xmlCall(gpa, tools, text, &at)) orelse return null;
             try calls.append(call);
             at = skipSpace(text, at);
             if (wrapped) {
@@ -576,8 +634,9 @@ fn valueCall(gpa: Allocator, value: Value, args_key: []const u8) error{OutOfMemo
 }
 
 /// `<function=name>` then `<parameter=key>\nvalue\n</parameter>`s and `</function>`; a value
-/// that is JSON (a number, true, an object, ...) is that value, anything else a string.
-fn xmlCall(gpa: Allocator, text: []const u8, at: *usize) error{OutOfMemory}!?Call {
+/// that is JSON (a number, true, an object, ...) is that value, unless its schema says string;
+/// anything else a string.
+fn xmlCall(gpa: Allocator, tools: []const Tool, text: []const u8, at: *usize) error{OutOfMemory}!?Call {
     var i = at.* + "<function=".len;
     const close = std.mem.indexOfScalarPos(u8, text, i, '>') orelse return null;
     const name = text[i..close];
@@ -602,8 +661,10 @@ fn xmlCall(gpa: Allocator, text: []const u8, at: *usize) error{OutOfMemory}!?Cal
         var raw = text[key_end + 1 .. value_end];
         if (std.mem.startsWith(u8, raw, "\n")) raw = raw[1..];
         if (std.mem.endsWith(u8, raw, "\n")) raw = raw[0 .. raw.len - 1];
-        const value = parseJson(gpa, raw) orelse Value{ .string = raw };
-        try args.put(key, if (value == .string) .{ .string = raw } else value);
+        const kind = objectField(objectField(objectField(schemaOf(tools, name), "properties"), key), "type");
+        const text_kind = kind == .string and std.mem.eql(u8, kind.string, "string");
+        const value = if (text_kind) null else parseJson(gpa, raw);
+        try args.put(key, if (value == null or value.? == .string) .{ .string = raw } else value.?);
         i = value_end + "</parameter>".len;
     }
     return .{ .name = name, .arguments = try std.json.stringifyAlloc(gpa, Value{ .object = args }, .{}) };
@@ -625,7 +686,7 @@ pub fn newId(gpa: Allocator, format: Format) error{OutOfMemory}![]const u8 {
 // --- tests (zig test src/toolcall.zig) ------------------------------------------------------
 
 fn splitAll(gpa: Allocator, format: Format, text: []const u8, cut: usize) !Delta {
-    var s = Splitter.init(gpa, format, true, true, false);
+    var s = Splitter.init(gpa, format, &.{}, true, true, false);
     var content = std.ArrayList(u8).init(gpa);
     var reasoning = std.ArrayList(u8).init(gpa);
     var calls = std.ArrayList(Call).init(gpa);
@@ -679,7 +740,7 @@ test "every cut of an output gives the same split" {
 test "xml values are JSON where they parse" {
     var arena = std.heap.ArenaAllocator.init(std.testing.allocator);
     defer arena.deinit();
-    const parsed = (try parseCalls(arena.allocator(), .xml, "<tool_call>\n<function=f>\n<parameter=n>\n3\n</parameter>\n<parameter=s>\nhi there\n</parameter>\n</function>\n</tool_call>")).?;
+    const parsed = (try parseCalls(arena.allocator(), .xml, &.{}, "<tool_call>\n<function=f>\n<parameter=n>\n3\n</parameter>\n<parameter=s>\nhi there\n</parameter>\n</function>\n</tool_call>")).?;
     try std.testing.expectEqualStrings("{\"n\":3,\"s\":\"hi there\"}", parsed.calls[0].arguments);
 }
 
