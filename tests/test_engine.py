@@ -300,6 +300,20 @@ def test_json_schema_output_parses(spm_engine):
     assert set(value) == {"name", "age", "ok"} and isinstance(value["age"], int) and isinstance(value["ok"], bool)
 
 
+def test_schema_strings_never_hold_raw_control_characters(engine_and_model):
+    """JSON forbids control characters raw in strings; the byte tokens of a random model draw
+    them, and a converter that lets them through writes JSON nothing parses."""
+    engine, model = engine_and_model
+    schema = {"type": "array", "items": {"type": "string", "maxLength": 12}, "minItems": 6, "maxItems": 6}
+    grammar = grammar_from_json_schema(json.dumps(schema))
+    prompt = model.tokenize("Strings:")
+    requests = [GenerationRequest(prompt, SamplingParams(temperature=1.5, seed=seed, grammar=grammar), max_tokens=300)
+                for seed in range(8)]
+    for _, text, result in run_all(engine, requests):
+        assert result.finish_reason is FinishReason.STOP, text
+        assert len(json.loads(text)) == 6
+
+
 @pytest.mark.parametrize("grammar", ["root ::= \"unterminated", "root ::= undefined_rule", "not a grammar", 'rule ::= "x"', "root ::= [a-"])
 def test_bad_grammar_fails_the_call(spm_engine, grammar):
     prompt = spm_engine.model.tokenize("x")

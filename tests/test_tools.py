@@ -56,7 +56,7 @@ def models(tmp_path_factory, model_path):
 
 @pytest.fixture(scope="module")
 def server(models):
-    s = Server([*(f"--nn-preload={n}:GGML:CPU:{p}" for n, p in models.items()), "--ctx-size", "2048",
+    s = Server([*(f"--nn-preload={n}:GGML:CPU:{p}" for n, p in models.items()), "--ctx-size", "4096",
                 "--parallel", "2", "plain", "auto"])
     yield s
     assert s.stop() == 0, s.output
@@ -133,7 +133,20 @@ def test_reasoning_effort_none_turns_thinking_off(server, infos):
 # --- constrained calls ----------------------------------------------------------------------
 
 
-def check_call(call, tools=TOOLS) -> dict:
+# Tools with bounded values: a random-weight model writes strings until it is stopped, and a
+# call cut by max_tokens is no call.
+SHORT = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
+                                         "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["city"]}}},
+    {"type": "function", "function": {"name": "search", "description": "Search the web.", "parameters": {
+        "type": "object", "properties": {"query": {"type": "string", "maxLength": 8}, "limit": {"type": "integer"}},
+        "required": ["query"]}}},
+]
+
+
+def check_call(call, tools=SHORT) -> dict:
     """The call names an offered tool and its arguments fit that tool's schema."""
     assert call.type == "function" and call.id
     tool = next(t["function"] for t in tools if t["function"]["name"] == call.function.name)
@@ -159,10 +172,10 @@ FORMATS = ["hermes", "qwen3", "llama31", "nemo", "mistral32", "coder", "plain"]
 def test_required_tool_choice_yields_valid_calls(server, model):
     client = server.client()
     for seed in (1, 2):
-        r = client.chat.completions.create(model=model, messages=USER, tools=TOOLS, tool_choice="required",
-                                           max_tokens=400, temperature=1.0, seed=seed)
+        r = client.chat.completions.create(model=model, messages=USER, tools=SHORT, tool_choice="required",
+                                           max_tokens=1000, temperature=1.0, seed=seed)
         choice = r.choices[0]
-        assert choice.finish_reason == "tool_calls", choice
+        assert choice.finish_reason == "tool_calls", choice.message.content
         assert choice.message.tool_calls and choice.message.content in (None, "")
         for call in choice.message.tool_calls:
             check_call(call)
@@ -171,7 +184,7 @@ def test_required_tool_choice_yields_valid_calls(server, model):
 @pytest.mark.parametrize("model", ["hermes", "llama31", "mistral32", "coder", "plain"])
 def test_a_named_tool_is_the_one_called_and_streams_in_openai_shape(server, model):
     client = server.client()
-    args = dict(model=model, messages=USER, tools=TOOLS, max_tokens=400, temperature=0.8, seed=3,
+    args = dict(model=model, messages=USER, tools=SHORT, max_tokens=1000, temperature=0.8, seed=3,
                 tool_choice={"type": "function", "function": {"name": "search"}}, parallel_tool_calls=False)
     whole = client.chat.completions.create(**args).choices[0]
     assert [c.function.name for c in whole.message.tool_calls] == ["search"]
@@ -240,8 +253,8 @@ def test_malformed_call_is_plain_content_never_a_500(server):
 
 def test_round_trip_with_the_openai_sdk(server):
     client = server.client()
-    first = client.chat.completions.create(model="qwen25", messages=USER, tools=TOOLS, tool_choice="required",
-                                           max_tokens=300, temperature=0.7, seed=5).choices[0].message
+    first = client.chat.completions.create(model="qwen25", messages=USER, tools=SHORT, tool_choice="required",
+                                           max_tokens=1000, temperature=0.7, seed=5).choices[0].message
     assert first.tool_calls
     messages = [*USER, first.model_dump(exclude_none=True)]
     messages += [{"role": "tool", "tool_call_id": c.id, "content": '{"ok": true}'} for c in first.tool_calls]
@@ -255,15 +268,15 @@ def test_round_trip_with_the_openai_sdk(server):
 
 def test_langchain_bind_tools_and_structured_output(server):
     from langchain_openai import ChatOpenAI
-    from pydantic import BaseModel
+    from pydantic import BaseModel, Field
 
     class Weather(BaseModel):
         """The weather in a city."""
 
-        city: str
+        city: str = Field(max_length=8)  # bounded: a random model's strings go on
         celsius: int
 
-    llm = ChatOpenAI(base_url=server.url + "/v1", api_key="none", model="hermes", max_tokens=300, temperature=0.7,
+    llm = ChatOpenAI(base_url=server.url + "/v1", api_key="none", model="hermes", max_tokens=1000, temperature=0.7,
                      seed=11, max_retries=0)
     ai = llm.bind_tools([Weather], tool_choice="any").invoke("Weather in Paris?")
     assert ai.tool_calls and ai.tool_calls[0]["name"] == "Weather"

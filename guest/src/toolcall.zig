@@ -140,6 +140,11 @@ pub const Grammar = struct {
     trigger: []const u8, // a word: the grammar applies from where it appears (lazy only)
 };
 
+/// Calls one answer may make at most: a random or confused model that goes on calling forever
+/// makes no call at all once it runs out of tokens.
+pub const max_calls = 4;
+const more = std.fmt.comptimePrint("{{0,{d}}}", .{max_calls - 1}); // the calls after the first
+
 /// The grammar for a request's tools, or null where generation stays free (`auto` with the
 /// generic format is constrained too: its calls have no marker to wait for).
 pub fn grammar(gpa: Allocator, format: Format, req: Request) error{OutOfMemory}!?Grammar {
@@ -166,11 +171,11 @@ pub fn grammar(gpa: Allocator, format: Format, req: Request) error{OutOfMemory}!
     const w = g.writer();
     const many = req.parallel;
     switch (format) {
-        .hermes => try w.print("root ::= call{s}\ncall ::= \"<tool_call>\\n\" ({s}) \"\\n</tool_call>\"\n", .{ if (many) " (\"\\n\" call)*" else "", alternatives.items }),
-        .llama3 => try w.print("root ::= \"<|python_tag|>\"? {s}\ncall ::= {s}\n", .{ if (many) "call (\"; \" call)*" else "call", alternatives.items }),
-        .mistral => try w.print("root ::= \"[TOOL_CALLS][\" call{s} \"]\"\ncall ::= {s}\n", .{ if (many) " (\", \" call)*" else "", alternatives.items }),
+        .hermes => try w.print("root ::= call{s}\ncall ::= \"<tool_call>\\n\" ({s}) \"\\n</tool_call>\"\n", .{ if (many) " (\"\\n\" call)" ++ more else "", alternatives.items }),
+        .llama3 => try w.print("root ::= \"<|python_tag|>\"? {s}\ncall ::= {s}\n", .{ if (many) "call (\"; \" call)" ++ more else "call", alternatives.items }),
+        .mistral => try w.print("root ::= \"[TOOL_CALLS][\" call{s} \"]\"\ncall ::= {s}\n", .{ if (many) " (\", \" call)" ++ more else "", alternatives.items }),
         .mistral_args => {
-            try w.print("root ::= call{s}\ncall ::= ", .{if (many) " call*" else ""});
+            try w.print("root ::= call{s}\ncall ::= ", .{if (many) " call" ++ more else ""});
             var k: usize = 0;
             for (req.tools) |tool| {
                 if (req.choice == .named and !std.mem.eql(u8, req.choice.named, tool.name)) continue;
@@ -181,7 +186,7 @@ pub fn grammar(gpa: Allocator, format: Format, req: Request) error{OutOfMemory}!
             try w.writeAll("\n");
         },
         .xml => {
-            try w.print("root ::= call{s}\ncall ::= \"<tool_call>\\n\" (", .{if (many) " (\"\\n\" call)*" else ""});
+            try w.print("root ::= call{s}\ncall ::= \"<tool_call>\\n\" (", .{if (many) " (\"\\n\" call)" ++ more else ""});
             var k: usize = 0;
             var params = std.ArrayList(u8).init(gpa);
             for (req.tools) |tool| {
@@ -214,7 +219,7 @@ pub fn grammar(gpa: Allocator, format: Format, req: Request) error{OutOfMemory}!
             try items.put("anyOf", .{ .array = any });
             try calls.put("items", .{ .object = items });
             try calls.put("minItems", .{ .integer = 1 });
-            if (!many) try calls.put("maxItems", .{ .integer = 1 });
+            try calls.put("maxItems", .{ .integer = if (many) max_calls else 1 });
             try env.put("tool_calls", .{ .object = calls });
             var alts = std.json.Array.init(gpa);
             try alts.append(try objectSchema(gpa, env));
@@ -238,7 +243,7 @@ pub fn grammar(gpa: Allocator, format: Format, req: Request) error{OutOfMemory}!
     if (lazy and format == .llama3) {
         // lazy from `{"name"`: the grammar then starts there, without the python tag
         var lz = std.ArrayList(u8).init(gpa);
-        try lz.writer().print("root ::= {s}\ncall ::= {s}\n", .{ if (many) "call (\"; \" call)*" else "call", alternatives.items });
+        try lz.writer().print("root ::= {s}\ncall ::= {s}\n", .{ if (many) "call (\"; \" call)" ++ more else "call", alternatives.items });
         return .{ .gbnf = lz.items, .schemas = schemas, .lazy = true, .trigger = trigger };
     }
     return .{ .gbnf = g.items, .schemas = schemas, .lazy = lazy, .trigger = trigger };
@@ -257,7 +262,11 @@ fn xmlValue(gpa: Allocator, schemas: *std.json.ObjectMap, rule: []const u8, prop
         };
         if (alts.items.len > 0) return std.fmt.allocPrint(gpa, "({s})", .{alts.items});
     }
-    if (std.mem.eql(u8, name, "string")) return "xml-text";
+    if (std.mem.eql(u8, name, "string")) {
+        const most = objectField(prop, "maxLength");
+        if (most == .integer and most.integer >= 0 and most.integer <= 500) return std.fmt.allocPrint(gpa, "[^<\\n]{{0,{d}}}", .{most.integer});
+        return "xml-text";
+    }
     if (std.mem.eql(u8, name, "integer")) return "\"-\"? [0-9]{1,15}";
     if (std.mem.eql(u8, name, "number")) return "\"-\"? [0-9]{1,15} (\".\" [0-9]{1,15})?";
     if (std.mem.eql(u8, name, "boolean")) return "(\"true\" | \"false\")";
@@ -435,7 +444,7 @@ pub const Splitter = struct {
                     }
                     if (!self.started and self.think and !final and std.mem.startsWith(u8, "<think>", text)) break;
                     if (self.calls) {
-                        if (!self.started and self.format == .llama3 and text[0] == '{') {
+                        if (!self.started and self.format == .llama3 and text.len > 0 and text[0] == '{') {
                             self.mode = .calls; // Llama 3's bare JSON call
                             break;
                         }
@@ -750,4 +759,13 @@ test "formats from templates" {
     try std.testing.expectEqual(Format.mistral_args, Format.detect("[TOOL_CALLS]x[ARGS]"));
     try std.testing.expectEqual(Format.llama3, Format.detect("<|python_tag|>"));
     try std.testing.expectEqual(Format.generic, Format.detect("{{ messages }}"));
+}
+
+test "an empty piece before anything else releases nothing" {
+    var arena = std.heap.ArenaAllocator.init(std.testing.allocator);
+    defer arena.deinit();
+    inline for (.{ Format.llama3, Format.hermes, Format.generic }) |format| {
+        var s = Splitter.init(arena.allocator(), format, &.{}, true, true, false);
+        try std.testing.expect((try s.push("")).empty());
+    }
 }

@@ -76,6 +76,7 @@ METADATA_KEYS: dict[str, str] = {
     "stop": "list[str]",
     "logit-bias": "dict[int,float]",
     "logprobs": _INT,
+    "grammar-schemas": "dict[str,object]",
     "prompt-logprobs": _BOOL,
     # accepted, fixed by the preload
     "ctx-size": _INT,
@@ -107,6 +108,8 @@ def _check(key: str, kind: str, value: Any) -> Any:
         if isinstance(value, str):
             value = [value]
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif kind == "dict[str,object]":
+        ok = isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
     else:  # dict[int,float]: {"15043": -100} or [[15043, -100], ...]
         pairs = value.items() if isinstance(value, dict) else value if isinstance(value, list) else None
         try:

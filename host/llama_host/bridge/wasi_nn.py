@@ -37,7 +37,7 @@ from llama_host.bridge.abi import (
 from llama_host.bridge.memory import GuestMemory
 from llama_host.engine import Cancellation, EngineConfig, FinishReason, GenerationRequest, RequestHandle, Result, SamplingParams, Target
 from llama_host.engine.logprobs import MAX_TOP, TokenLogprob
-from llama_host.engine.sampling import grammar_from_json_schema
+from llama_host.engine.sampling import grammar_from_json_schema, grammar_from_schemas
 from llama_host.errors import EngineClosed, InvalidGrammar, PromptTooLong, QueueFull
 from llama_host.registry import ModelRegistry, ServedModel
 from llama_host.vendor import LLAMA_CPP_PYTHON_VERSION
@@ -307,6 +307,8 @@ class NnSession:
             grammar = md.get("grammar") or (
                 grammar_from_json_schema(md["json-schema"]) if md.get("json-schema") else None
             )
+            if grammar and md.get("grammar-schemas"):  # rules the guest's grammar refers to
+                grammar += "\n" + grammar_from_schemas(json.dumps(md["grammar-schemas"], sort_keys=True))
             sampling = SamplingParams(
                 temperature=md.get("temp", _DEFAULTS.temperature),
                 top_k=md.get("top-k", _DEFAULTS.top_k),

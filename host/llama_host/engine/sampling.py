@@ -221,6 +221,16 @@ def _init_grammar(model: Model, text: str):
     return out["sampler"]
 
 
+# The converter's string character lets control characters through (JSON forbids them raw, so
+# a model that draws one writes JSON no parser reads); llama.cpp's current converter excludes them.
+_LAX_CHAR = r'char ::= [^"\\] |'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
+def _strict_strings(gbnf: str) -> str:
+    return gbnf.replace(_LAX_CHAR, _JSON_CHAR, 1)
+
+
 @functools.lru_cache(maxsize=32)  # agents send the same schema with every request
 def grammar_from_json_schema(schema: str) -> str:
     """GBNF for a JSON schema, with the converter llama-cpp-python ships (llama.cpp's own), after
@@ -230,6 +240,30 @@ def grammar_from_json_schema(schema: str) -> str:
 
     limits.check_json_schema_text(schema)
     try:
-        return json_schema_to_gbnf(schema)
+        return _strict_strings(json_schema_to_gbnf(schema))
     except Exception as e:  # the converter reports bad schemas with asserts, KeyErrors, ...
         raise InvalidGrammar(f"cannot turn the JSON schema into a grammar: {e}") from e
+
+
+@functools.lru_cache(maxsize=32)
+def grammar_from_schemas(schemas: str) -> str:
+    """GBNF rules for a JSON object of ``{rule name: JSON schema}`` (the guest's tool calls),
+    converted by one converter so the primitive rules they share are written once; each schema
+    is checked against the limits first. The rules join a grammar that defines ``root``."""
+    import json
+
+    from llama_cpp.llama_grammar import SchemaConverter
+
+    mapping = json.loads(schemas)
+    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    try:
+        for name, schema in mapping.items():
+            if not name or name == "root" or not all(c.isascii() and (c.isalnum() or c == "-") for c in name):
+                raise InvalidGrammar(f"'{name}' is not a grammar rule name (letters, digits and '-')")
+            limits.check_json_schema_text(json.dumps(schema))
+            converter.visit(converter.resolve_refs(schema, name), name)
+        return _strict_strings(converter.format_grammar())
+    except InvalidGrammar:
+        raise
+    except Exception as e:  # the converter reports bad schemas with asserts, KeyErrors, ...
+        raise InvalidGrammar(f"cannot turn the tools' JSON schemas into a grammar: {e}") from e
