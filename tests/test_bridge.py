@@ -230,7 +230,14 @@ def test_compute_before_input_and_bad_indexes(runner):
 @pytest.mark.parametrize(
     "metadata",
     [b"{not json", b"[1, 2]", b'"text"', b'{"n-predict": "ten"}', b'{"temp": true}', b'{"stop": [1]}',
-     b'{"seed": 1.5}', b'{"grammar": "root ::= nope"}', b'{"json-schema": "{bad"}', b"[" * 100_000],
+     b'{"seed": 1.5}', b'{"grammar": "root ::= nope"}', b'{"json-schema": "{bad"}', b"[" * 100_000,
+     b'{"grammar": "root ::= \\"a\\"", "grammar-triggers": [""]}',
+     b'{"grammar": "root ::= \\"a\\"", "grammar-triggers": [7]}',
+     b'{"grammar": "root ::= \\"a\\"", "grammar-triggers": ["' + b"a" * 257 + b'"]}',
+     b'{"grammar": "root ::= \\"a\\"", "grammar-triggers": ' + json.dumps(["a"] * 17).encode() + b"}",
+     b'{"grammar": "root ::= tool-0", "grammar-schemas": {"root": {"type": "string"}}}',
+     b'{"grammar": "root ::= tool-0", "grammar-schemas": {"tool-0": {"type": "nothing"}}}',
+     b'{"grammar": "root ::= tool-0", "grammar-schemas": {"tool-0": 3}}'],
 )
 def test_malformed_metadata(runner, metadata):
     p = Program(pages=8)

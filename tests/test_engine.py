@@ -314,6 +314,34 @@ def test_schema_strings_never_hold_raw_control_characters(engine_and_model):
         assert len(json.loads(text)) == 6
 
 
+def test_a_lazy_grammar_holds_from_its_trigger_on(engine_and_model):
+    """Until the trigger word the draws are those of a grammar that never engages; from the
+    token that ends the word the grammar holds; a word whose token goes on with text the grammar
+    refuses leaves it waiting, and nothing breaks."""
+    engine, model = engine_and_model
+    prompt = model.tokenize("Once upon a time")
+
+    def run(grammar, triggers):
+        params = SamplingParams(temperature=1.0, seed=7, grammar=grammar, grammar_triggers=triggers)
+        return run_all(engine, [GenerationRequest(prompt, params, max_tokens=24, ignore_eos=True)])[0]
+
+    free, free_text, _ = run('root ::= "unused"', ("\x07never",))
+    pieces = [model.piece(t, special=True) for t in free]
+    k = next(i for i, p in enumerate(pieces) if i >= 3 and len(p) >= 2 and p.isascii() and b'"' not in p)
+    word = pieces[k].decode()
+    before = b"".join(pieces[:k]).decode()
+    tokens, text, result = run(f'root ::= "{word}" "XYZ"', (word,))
+    assert tokens[:k + 1] == free[:k + 1]
+    assert text.startswith(before + word) and before + word not in text[:len(before)]
+    # the first occurrence is at token k unless the word appeared earlier inside a token
+    if word not in before:
+        assert text == before + word + "XYZ" and result.finish_reason is FinishReason.STOP, text
+    # a trigger inside the token whose rest the grammar refuses: waiting again, free as before
+    half = word[:1]
+    _, text, result = run(f'root ::= "{half}" "\\x01"', (half,))
+    assert result.finish_reason is FinishReason.LENGTH and "\x01" not in text
+
+
 @pytest.mark.parametrize("grammar", ["root ::= \"unterminated", "root ::= undefined_rule", "not a grammar", 'rule ::= "x"', "root ::= [a-"])
 def test_bad_grammar_fails_the_call(spm_engine, grammar):
     prompt = spm_engine.model.tokenize("x")

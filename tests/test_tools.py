@@ -198,6 +198,18 @@ def test_a_named_tool_is_the_one_called_and_streams_in_openai_shape(server, mode
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
 
 
+@pytest.mark.parametrize("model, marker", [("hermes", "<tool_call>"), ("llama31", "{"), ("mistral32", "[TOOL_CALLS]"),
+                                           ("coder", "<tool_call>")])
+def test_auto_leaves_text_free_until_a_call_starts(server, model, marker):
+    """`auto` is a lazy grammar: a model that writes no call marker writes what it likes (the
+    grammar from the first token would have forced a call)."""
+    m = server.client().chat.completions.create(model=model, messages=USER, tools=SHORT, tool_choice="auto",
+                                                max_tokens=12, temperature=1.0, seed=4).choices[0]
+    text = m.message.content
+    assert m.finish_reason == "length" and text and not m.message.tool_calls
+    assert not (text.startswith(marker) or marker.startswith(text)), text
+
+
 def test_a_forced_hermes_call_in_auto_is_parsed(server):
     """The issue's case: output forced (through `grammar`) to a Hermes call comes back as tool_calls."""
     text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'

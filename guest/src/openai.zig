@@ -149,11 +149,13 @@ fn toolGrammar(gpa: Allocator, job: *Job) error{OutOfMemory}!void {
     const md = &job.metadata;
     if (md.get("grammar") != null or md.get("json-schema") != null) return;
     const g = (try toolcall.grammar(gpa, job.format, job.tools)) orelse return;
-    // `auto` leaves generation free: the host has no lazy grammar yet (guest/ABI.md), and a
-    // grammar from the first token would force a call; calls the model writes are parsed all the same
-    if (g.lazy) return;
     try md.put("grammar", .{ .string = g.gbnf });
     try md.put("grammar-schemas", .{ .object = g.schemas });
+    if (g.lazy) { // `auto`: free text until the model starts a call
+        var triggers = std.json.Array.init(gpa);
+        try triggers.append(.{ .string = g.trigger });
+        try md.put("grammar-triggers", .{ .array = triggers });
+    }
     job.grammar_param = "tools";
 }
 

@@ -132,7 +132,7 @@ fn readTool(gpa: Allocator, problem: *fields.Problem, item: Value, i: usize) fie
 // --- grammar --------------------------------------------------------------------------------
 
 /// What the host needs to constrain generation to calls (WASI-NN `grammar`, `grammar-schemas`,
-/// `grammar-lazy`, `grammar-triggers`; guest/ABI.md).
+/// `grammar-triggers`; guest/ABI.md).
 pub const Grammar = struct {
     gbnf: []const u8,
     schemas: std.json.ObjectMap, // rule name -> JSON schema, converted by the host

@@ -77,6 +77,7 @@ METADATA_KEYS: dict[str, str] = {
     "logit-bias": "dict[int,float]",
     "logprobs": _INT,
     "grammar-schemas": "dict[str,object]",
+    "grammar-triggers": "list[str]",
     "prompt-logprobs": _BOOL,
     # accepted, fixed by the preload
     "ctx-size": _INT,

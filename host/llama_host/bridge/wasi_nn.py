@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 MODULE = "wasi_ephemeral_nn"
 MAX_DIMS = 16
 MAX_BUILDERS = 16
+MAX_TRIGGERS, MAX_TRIGGER_BYTES = 16, 256  # lazy grammars: words searched for at every token
 
 # Sampling defaults when neither the graph config nor the request sets a key (llama.cpp's).
 _DEFAULTS = SamplingParams()
@@ -303,6 +304,10 @@ class NnSession:
         stop = list(md.get("stop", []))
         if md.get("reverse-prompt"):
             stop.append(md["reverse-prompt"])
+        triggers = md.get("grammar-triggers", [])
+        if len(triggers) > MAX_TRIGGERS or not all(0 < len(t.encode()) <= MAX_TRIGGER_BYTES for t in triggers):
+            raise NnError(Errno.INVALID_ARGUMENT,
+                          f"metadata 'grammar-triggers' takes up to {MAX_TRIGGERS} words of 1 to {MAX_TRIGGER_BYTES} bytes")
         try:
             grammar = md.get("grammar") or (
                 grammar_from_json_schema(md["json-schema"]) if md.get("json-schema") else None
@@ -321,6 +326,7 @@ class NnSession:
                 seed=md.get("seed"),
                 logit_bias=md.get("logit-bias", {}),
                 grammar=grammar,
+                grammar_triggers=tuple(triggers) if grammar else (),
             )
             request = GenerationRequest(
                 tokens, sampling, max_tokens=None if n_predict < 0 else n_predict, stop=stop,

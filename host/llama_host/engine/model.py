@@ -230,6 +230,32 @@ class Model(Resource):
         return b"".join(self.piece(t, special=special) for t in tokens).decode("utf-8", "replace")
 
     @functools.cached_property
+    def _pieces(self) -> tuple[dict[bytes, int], int]:
+        """Each token text (special tokens as text) -> a token that has it; the longest's length."""
+        out: dict[bytes, int] = {}
+        for t in range(self.n_vocab):
+            p = self.piece(t, special=True)
+            if p and p[0] != 0:  # (llama.cpp's grammar refuses empty pieces and NUL)
+                out.setdefault(p, t)
+        return out, max(map(len, out), default=0)
+
+    def spell(self, text: bytes) -> list[int] | None:
+        """Tokens whose pieces join to exactly ``text``, longest first, or None where no token
+        goes on. Tokenizing does not promise that (a space prefix, merges across the start)."""
+        pieces, longest = self._pieces
+        out, at = [], 0
+        while at < len(text):
+            for n in range(min(longest, len(text) - at), 0, -1):
+                token = pieces.get(text[at : at + n])
+                if token is not None:
+                    out.append(token)
+                    at += n
+                    break
+            else:
+                return None
+        return out
+
+    @functools.cached_property
     def eog_tokens(self) -> tuple[int, ...]:
         """Every end-of-generation token (EOS, EOT, <|im_end|>, ...), for ignore_eos."""
         return tuple(t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t))

@@ -43,6 +43,8 @@ class SamplingParams:
     seed: int | None = None  # None: random
     logit_bias: Mapping[int, float] = dataclasses.field(default_factory=dict)  # -inf bans a token
     grammar: str | None = None  # GBNF; see grammar_from_json_schema
+    # Lazy grammar: free text until one of these words appears, the grammar from there on
+    grammar_triggers: tuple[str, ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -66,7 +68,14 @@ class Sampler(Resource):
     thread (``grammar.MAX_GRAMMAR_BRANCHES`` bounds it); the check costs one token. Where the
     grammar allows no token at all (it is complete and end-of-generation is banned, or no token
     of this vocabulary can continue it), ``sample`` returns an end-of-generation token without
-    feeding it to the grammar (llama.cpp would abort the process), and ``exhausted`` is set."""
+    feeding it to the grammar (llama.cpp would abort the process), and ``exhausted`` is set.
+
+    A lazy grammar (``grammar_triggers``) is laziness done here rather than llama.cpp's: its own
+    throws a C++ exception, which ends the process, when the text a trigger starts does not fit
+    the grammar, and it runs std::regex over all the text so far at every token. Until a trigger
+    word appears the grammar is left out; then the text from the word on is spelled in tokens
+    (``Model.spell``) and fed to the grammar, each token checked before it is accepted. Text the
+    grammar refuses there (the word in prose) puts the grammar back to waiting."""
 
     def __init__(self, model: Model, params: SamplingParams = GREEDY, *, ban: tuple[int, ...] = ()) -> None:
         self.params = params
@@ -108,6 +117,11 @@ class Sampler(Resource):
             return
         self._pre, self._grammar, self._post = _chain(pre), grammar, _chain(post)
         self._model = model
+        self._triggers = tuple(t.encode() for t in p.grammar_triggers if t)
+        self._awaiting = bool(self._triggers)
+        self._seen = bytearray()  # waiting: the end of the text, long enough to hold a trigger
+        if self._awaiting:
+            model.spell(b"")  # its table is built here, in the caller's thread, not the scheduler's
         n = model.n_vocab
         self._template = np.zeros(n, _TOKEN_DATA)
         self._template["id"] = np.arange(n, dtype=np.int32)
@@ -124,6 +138,11 @@ class Sampler(Resource):
             return self._end_token()
         logits = np.ctypeslib.as_array(C.llama_get_logits_ith(ctx.ptr, idx), shape=(len(self._cur),))
         token = self._draw(logits, with_grammar=False)
+        if self._awaiting:
+            for sampler in (self._pre, self._post):
+                C.llama_sampler_accept(sampler, token)
+            self._watch(token)
+            return token
         if not self._allows(token):
             token = self._draw(logits, with_grammar=True)
             if token is None:
@@ -158,6 +177,29 @@ class Sampler(Resource):
         C.llama_sampler_apply(self._grammar, ctypes.byref(array))
         return math.isfinite(one.logit)
 
+    def _watch(self, token: int) -> None:
+        """Waiting for a trigger: look for one in the text with ``token``, and start there."""
+        seen, longest = self._seen, max(map(len, self._triggers))
+        start = max(0, len(seen) - longest + 1)
+        seen += self._model.piece(token, special=True)  # the pieces llama.cpp's grammar matches
+        found = [i for t in self._triggers if (i := seen.find(t, start)) >= 0]
+        if not found:
+            del seen[: max(0, len(seen) - longest + 1)]
+            return
+        text = bytes(seen[min(found) :])
+        seen.clear()
+        self._awaiting = False
+        tokens = self._model.spell(text)
+        if tokens is None or not all(self._replay(t) for t in tokens):
+            C.llama_sampler_reset(self._grammar)
+            self._awaiting = True
+
+    def _replay(self, token: int) -> bool:
+        if not self._allows(token):
+            return False
+        C.llama_sampler_accept(self._grammar, token)
+        return True
+
     def _end_token(self) -> int:
         vocab = self._model.vocab
         for token in (C.llama_vocab_eos(vocab), C.llama_vocab_eot(vocab)):
@@ -168,6 +210,9 @@ class Sampler(Resource):
 
     def reset(self) -> None:
         self.exhausted = False
+        if self._grammar is not None:
+            self._awaiting = bool(self._triggers)
+            self._seen.clear()
         for sampler in (self._ptr, self._pre, self._grammar, self._post):
             if sampler:
                 C.llama_sampler_reset(sampler)
