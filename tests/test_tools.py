@@ -51,6 +51,10 @@ def models(tmp_path_factory, model_path):
         paths[name] = folder / f"{name}.gguf"
         modelgen.write_model(dataclasses.replace(modelgen.PRESETS["tiny"], chat_template=template), paths[name],
                              dtype="f32")
+    # ChatML by default, Hermes's tool_use template beside it (tokenizer.chat_template.tool_use)
+    paths["variant"] = folder / "variant.gguf"
+    modelgen.write_model(dataclasses.replace(modelgen.PRESETS["tiny"], tool_use_template=f"file:{TEMPLATES['hermes']}"),
+                         paths["variant"], dtype="f32")
     return paths
 
 
@@ -119,6 +123,21 @@ def test_tools_and_results_render_as_jinja2_with_decoded_arguments(server, infos
     assert want.text is not None, want.error
     assert r.status_code == 200, r.text
     assert r.json()["prompt"] == want.text
+
+
+def test_the_ggufs_tool_use_variant_renders_requests_with_tools(server, infos):
+    info = infos["variant"]
+    assert info.tool_use_template and info.tool_use_template != info.chat_template
+    context = {"messages": USER, "add_generation_prompt": True, "enable_thinking": True,
+               "bos_token": info.bos_token or "", "eos_token": info.eos_token or ""}
+    body = {"model": "variant", "messages": USER}
+    with_tools = httpx.post(server.url + "/v1/apply-template", json={**body, "tools": TOOLS}).json()["prompt"]
+    assert with_tools == render_jinja2(info.tool_use_template, {**context, "tools": TOOLS}).text
+    assert httpx.post(server.url + "/v1/apply-template", json=body).json()["prompt"] == render_jinja2(
+        info.chat_template, context).text
+    r = server.client().chat.completions.create(model="variant", messages=USER, tools=SHORT, tool_choice="required",
+                                                max_tokens=1000, temperature=1.0, seed=1)
+    assert r.choices[0].finish_reason == "tool_calls"  # the variant's format: Hermes
 
 
 def test_reasoning_effort_none_turns_thinking_off(server, infos):

@@ -13,6 +13,7 @@ const Allocator = std.mem.Allocator;
 pub const ModelInfo = struct {
     name: []const u8 = "",
     chat_template: ?[]const u8 = null,
+    chat_template_tool_use: ?[]const u8 = null, // the GGUF's variant for requests with tools
     bos_token: ?[]const u8 = null,
     eos_token: ?[]const u8 = null,
     n_ctx: i64 = 0,
@@ -48,7 +49,7 @@ pub fn renderChat(gpa: Allocator, model: *const config.Model, info: ModelInfo, r
     if (messages.len == 0) return problem.fail("messages", "'messages' must hold at least one message", .{});
     var normalized = std.json.Array.init(gpa);
     for (messages, 0..) |m, i| try normalized.append(try normalize(gpa, m, i, problem));
-    const source = try templateSource(gpa, model, info, problem);
+    const source = try templateSource(gpa, model, info, tools.active(), problem);
     const format = toolcall.Format.detect(source);
     if (tools.active() and format == .generic) try describeTools(gpa, &normalized, tools);
 
@@ -223,10 +224,13 @@ fn decodeArguments(gpa: Allocator, m: fields.Object, path: []const u8, problem: 
     return .{ .array = out };
 }
 
-fn templateSource(gpa: Allocator, model: *const config.Model, info: ModelInfo, problem: *fields.Problem) RenderError![]const u8 {
+/// The template a request renders with: the served model's, or with `auto` the GGUF's own (its
+/// `tool_use` variant when the request has tools, as llama-server and transformers choose).
+fn templateSource(gpa: Allocator, model: *const config.Model, info: ModelInfo, with_tools: bool, problem: *fields.Problem) RenderError![]const u8 {
     if (model.template_source) |s| return s;
     var name = model.template;
     if (std.mem.eql(u8, name, "auto")) {
+        if (with_tools) if (info.chat_template_tool_use) |t| return t;
         if (info.chat_template) |t| return t;
         std.log.warn("model '{s}' has no chat template in its GGUF; using chatml", .{model.id});
         name = "chatml";

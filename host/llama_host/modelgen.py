@@ -57,6 +57,7 @@ class Preset:
     n_ff: int
     n_ctx: int = 4096
     chat_template: str | None = None  # text, or "file:<name>" in llama.cpp's models/templates
+    tool_use_template: str | None = None  # the variant for requests with tools (as chat_template)
     rope_freq_base: float = 10000.0
     default_quant: str = "f16"
 
@@ -189,7 +190,10 @@ def write_model(preset: Preset, path: Path, *, seed: int = 0, dtype: str = "f16"
     writer.add_file_type(QUANTS[dtype])
     n_vocab = _write_vocab(writer, vocab)
     writer.add_vocab_size(n_vocab)
-    if preset.chat_template:
+    if preset.chat_template and preset.tool_use_template:
+        writer.add_chat_template([{"name": "default", "template": _template_text(preset.chat_template)},
+                                  {"name": "tool_use", "template": _template_text(preset.tool_use_template)}])
+    elif preset.chat_template:
         writer.add_chat_template(_template_text(preset.chat_template))
 
     def matrix(rows: int, cols: int, std: float) -> np.ndarray:

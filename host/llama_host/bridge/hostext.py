@@ -44,6 +44,7 @@ class HostExt:
                 "architecture": info.architecture,
                 "description": info.description,
                 "chat_template": info.chat_template,
+                "chat_template_tool_use": info.tool_use_template,
                 "bos_token": info.bos_token,
                 "eos_token": info.eos_token,
                 "n_ctx": served.engine.n_ctx_seq,

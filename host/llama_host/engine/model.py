@@ -48,6 +48,7 @@ class ModelInfo:
     n_params: int
     size_bytes: int
     chat_template: str | None
+    tool_use_template: str | None  # tokenizer.chat_template.tool_use: for requests with tools
     bos_id: int | None
     eos_id: int | None
     bos_token: str  # token text, as chat templates use it ("" when the model has none)
@@ -158,6 +159,7 @@ class Model(Resource):
         bos = token_id(C.llama_vocab_bos(self.vocab))
         eos = token_id(C.llama_vocab_eos(self.vocab))
         template = C.llama_model_chat_template(self.ptr, None)
+        tool_use = C.llama_model_chat_template(self.ptr, b"tool_use")
         desc = ctypes.create_string_buffer(256)
         C.llama_model_desc(self.ptr, desc, len(desc))
         return ModelInfo(
@@ -171,6 +173,7 @@ class Model(Resource):
             n_params=C.llama_model_n_params(self.ptr),
             size_bytes=C.llama_model_size(self.ptr),
             chat_template=template.decode("utf-8", "replace") if template else None,
+            tool_use_template=tool_use.decode("utf-8", "replace") if tool_use else None,
             bos_id=bos,
             eos_id=eos,
             bos_token=self.token_text(bos) if bos is not None else "",
