@@ -30,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llama_host import __version__, compat
+from llama_host.compat import responses
 from llama_host.bridge.wasi_nn import LLAMA_BUILD
 from llama_host.engine import Cancellation
 from llama_host.errors import ErrorKind, error_body
@@ -169,10 +170,18 @@ async def _run_compat(request: Request, api: compat.Endpoint, body: bytes) -> Re
     try:
         translated = api.request(orjson.loads(body))
     except orjson.JSONDecodeError as e:
-        return error_response(ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
+        return _compat_error(api, ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
     except compat.CompatError as e:
-        return error_response(ErrorKind.INVALID_REQUEST, str(e), e.param)
-    return await run_guest(request, api.command, api.path, orjson.dumps(translated), translation=(api, translated))
+        return _compat_error(api, ErrorKind.INVALID_REQUEST, str(e), e.param)
+    sent = {k: v for k, v in translated.items() if not k.startswith("_")}  # "_...": the translation's own
+    return await run_guest(request, api.command, api.path, orjson.dumps(sent), translation=(api, translated))
+
+
+def _compat_error(api: compat.Endpoint, kind: ErrorKind, message: str, param: str | None = None) -> Response:
+    if api.error is None:
+        return error_response(kind, message, param)
+    body = api.error(kind.http_status, error_body(kind, message, param))
+    return Response(orjson.dumps(body), kind.http_status, media_type="application/json")
 
 
 LLM_API_EMBEDDINGS = next(e for e in compat.ENDPOINTS if e.path == "/embeddings")
@@ -249,11 +258,24 @@ async def run_guest(
             headers["Retry-After"] = "1"
         if translation is not None and first.status == 200:
             api, translated = translation
-            data = api.response(translated, orjson.loads(first.body), time.perf_counter() - started)
+            answer = orjson.loads(first.body)
+            if api.count_tokens:
+                answer = {"prompt_tokens": await anyio.to_thread.run_sync(_count_tokens, state, translated, answer)}
+            data = api.response(translated, answer, time.perf_counter() - started)
             return Response(orjson.dumps(data), headers=headers, media_type="application/json")
+        if translation is not None and translation[0].error is not None:
+            data = translation[0].error(first.status, orjson.loads(first.body))
+            return Response(orjson.dumps(data), first.status, headers=headers, media_type="application/json")
         return Response(first.body, first.status, headers=headers, media_type="application/json")
     state.metrics.first_token(time.perf_counter() - started)
-    to_event = _openai_event if translation is None else _compat_event(translation[0])
+    stream = None
+    if translation is None:
+        to_event = _openai_event
+    elif translation[0].stream is not None:
+        stream = translation[0].stream(translation[1])
+        to_event = stream.event
+    else:
+        to_event = _compat_event(translation[0])
 
     async def events() -> AsyncIterator[bytes]:
         item = first
@@ -267,7 +289,9 @@ async def run_guest(
                 error = error_body(ErrorKind.UNAVAILABLE, SHUTDOWN_MESSAGE)
             else:
                 error = item.error.body() if item.error is not None else None
-            if error is not None:
+            if error is not None and stream is not None:
+                yield stream.error(error)
+            elif error is not None:
                 yield b"data: " + orjson.dumps(error) + b"\n\n"
                 if translation is None:
                     yield b"data: [DONE]\n\n"
@@ -283,6 +307,13 @@ async def run_guest(
 
 
 SHUTDOWN_MESSAGE = "the server is shutting down; retry on another instance or later"
+
+
+def _count_tokens(state: State, request: dict, answer: dict) -> int:
+    """The tokens of a rendered prompt (an apply-template answer), with the model it was for."""
+    routes = state.serving.routes
+    route = next((r for r in routes if r.id == request.get("model")), routes[0])
+    return len(state.registry.get(route.preload).model.tokenize(answer["prompt"]))
 
 
 async def _first_or_disconnect(queue: asyncio.Queue, request: Request) -> object | None:
@@ -362,6 +393,15 @@ def info_route(request: Request) -> Response:
     })
 
 
+def stored_response_route(request: Request) -> Response:
+    """A response kept by ``store`` (llama_host.compat.responses), as the SDK's ``responses.retrieve``."""
+    response_id = request.path_params["id"]
+    found = responses.retrieve(response_id)
+    if found is None:
+        return error_response(ErrorKind.NOT_FOUND, f"no stored response '{echo(response_id)}'", "response_id")
+    return JSONResponse(found)
+
+
 def health_route(request: Request) -> Response:
     return JSONResponse({"status": "ok"})  # the server listens once its models are loaded
 
@@ -397,18 +437,25 @@ def echo(text: str, limit: int = 100) -> str:
 
 class ApiKeyMiddleware:
     """With an API key set, every route that reaches a model (/v1 and the older APIs) needs
-    ``Authorization: Bearer <key>``; the key is compared in constant time and never logged."""
+    ``Authorization: Bearer <key>`` or (Anthropic's SDKs) ``x-api-key: <key>``; the key is
+    compared in constant time and never logged."""
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
         self.expected = f"Bearer {api_key}".encode() if api_key else None
+        self.expected_header = api_key.encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self.expected is not None and scope["type"] == "http" and scope["method"] != "OPTIONS"
                 and scope["path"].startswith(PROTECTED)
                 and not (scope["method"] == "GET" and PUBLIC_GET.fullmatch(scope["path"]))):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
+            headers = dict(scope["headers"])
+            given = headers.get(b"authorization", b"")
+            if b"x-api-key" in headers and not given:
+                given, expected = headers[b"x-api-key"], self.expected_header
+            else:
+                expected = self.expected
+            if not hmac.compare_digest(given, expected):
                 message = "invalid API key" if given else "missing API key: send 'Authorization: Bearer <key>'"
                 await error_response(ErrorKind.UNAUTHORIZED, message)(scope, receive, send)
                 return
@@ -460,6 +507,7 @@ def create_app(state: State) -> Starlette:
     routes.append(Route("/embeddings", embeddings_route, methods=["POST"]))
     routes += [Route(e.path, compat_route(e), methods=[e.method]) for e in compat.ENDPOINTS if e is not LLM_API_EMBEDDINGS]
     routes.append(Route("/check", lambda _r: JSONResponse("Ok"), methods=["GET"]))  # llm-api's status check
+    routes.append(Route("/v1/responses/{id}", stored_response_route, methods=["GET"]))
     web_ui = state.settings.web_ui
     if web_ui is not None:
         routes.append(Mount("/", StaticFiles(directory=web_ui, html=True), name="web-ui"))
@@ -470,7 +518,7 @@ def create_app(state: State) -> Starlette:
         # outermost, so preflight and 401s carry the CORS headers too
         middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(state.settings.cors_origins),
                                         allow_methods=["GET", "POST", "OPTIONS"],
-                                        allow_headers=["Authorization", "Content-Type"],
+                                        allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
                                         expose_headers=[REQUEST_ID]))
 
     @contextlib.asynccontextmanager

@@ -1,15 +1,16 @@
-"""The APIs of older local-LLM servers, kept working unchanged for their clients.
+"""Other APIs than OpenAI's chat and completions: those of older local-LLM servers, kept working
+unchanged for their clients, and the newer ones agents speak (OpenAI Responses, Anthropic Messages).
 
 Each API is a set of :class:`Endpoint`: its request body becomes an OpenAI request, which runs
-through the same guest as /v1 (validation, templates, sampling), and the OpenAI answer becomes
-that API's response. Only the translation lives here.
+through the same guest as /v1 (validation, templates, tool calls, sampling), and the OpenAI answer
+becomes that API's response. Only the translation lives here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 
 class CompatError(ValueError):
@@ -20,6 +21,16 @@ class CompatError(ValueError):
         self.param = param
 
 
+class Stream(Protocol):
+    """One streamed answer, translated: the SSE bytes for each of the guest's events."""
+
+    def event(self, payload: bytes) -> bytes:
+        """An OpenAI chunk (``b"[DONE]"`` at the end) -> what to send for it (maybe nothing)."""
+
+    def error(self, body: dict) -> bytes:
+        """The stream's last event, for an OpenAI error body."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
     path: str
@@ -28,6 +39,9 @@ class Endpoint:
     request: Callable[[Any], dict]  # the parsed body -> the OpenAI request
     response: Callable[[dict, dict, float], Any]  # OpenAI request, its answer, seconds taken -> the response
     event: Callable[[dict], str] | None = None  # streamed: an OpenAI chunk -> the event's data
+    stream: Callable[[dict], Stream] | None = None  # streamed, with state: the OpenAI request -> its Stream
+    error: Callable[[int, dict], dict] | None = None  # HTTP status, OpenAI error body -> this API's
+    count_tokens: bool = False  # an apply-template answer, given to ``response`` as {"prompt_tokens": n}
 
 
 _KIND_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object", bool: "a boolean"}
@@ -54,9 +68,9 @@ def object_body(body: Any, what: str = "the request body") -> dict:
 
 
 def _all() -> list[Endpoint]:
-    from llama_host.compat import llama2, llama_go, llm_api
+    from llama_host.compat import anthropic, llama2, llama_go, llm_api, responses
 
-    return [*llama2.ENDPOINTS, *llama_go.ENDPOINTS, *llm_api.ENDPOINTS]
+    return [*llama2.ENDPOINTS, *llama_go.ENDPOINTS, *llm_api.ENDPOINTS, *responses.ENDPOINTS, *anthropic.ENDPOINTS]
 
 
 ENDPOINTS: list[Endpoint] = _all()
