@@ -132,11 +132,17 @@ def test_text_format_json_schema_constrains_the_output(oai):
     ({"input": [{"type": "computer_call"}]}, "input[0].type"),
     ({"input": 5}, "input"),
     ({"max_output_tokens": "ten"}, "max_output_tokens"),
+    ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
 ])
 def test_what_cannot_be_honoured_is_a_400_naming_its_field(oai, extra, param):
     with pytest.raises(openai.BadRequestError) as e:
         oai.responses.create(**{"model": "plain", "input": USER, **extra})
     assert e.value.body["param"] == param, e.value.body
+
+
+def test_responses_are_served_without_the_v1_prefix_too(server):
+    r = httpx.post(server.url + "/responses", json={"model": "plain", "input": USER, "max_output_tokens": 2}, timeout=60)
+    assert r.status_code == 200 and r.json()["object"] == "response"
 
 
 def test_store_false_keeps_nothing(oai):
@@ -223,3 +229,30 @@ def test_the_api_key_is_taken_from_x_api_key_as_anthropics_sdk_sends_it(model_pa
             anthropic.Anthropic(base_url=s.url, api_key="wrong", max_retries=0).messages.create(**args)
     finally:
         assert s.stop() == 0, s.output
+
+
+# --- hostile bodies -------------------------------------------------------------------------
+
+WRONG = [None, True, 7, -1, 1.5, "x", [], [1], [None], {}, {"type": 5}, [{"type": "text"}], [{"type": None, "role": 3}]]
+RESPONSES_FIELDS = ["input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice",
+                    "parallel_tool_calls", "text", "reasoning", "previous_response_id", "store", "stream", "metadata"]
+MESSAGES_FIELDS = ["messages", "system", "max_tokens", "temperature", "top_p", "top_k", "tools", "tool_choice",
+                   "thinking", "stop_sequences", "stream", "output_config", "metadata"]
+
+
+@pytest.mark.parametrize("path, base, fields", [
+    ("/v1/responses", {"model": "hermes", "input": USER, "max_output_tokens": 1}, RESPONSES_FIELDS),
+    ("/v1/messages", {"model": "hermes", "max_tokens": 1, "messages": [{"role": "user", "content": USER}]}, MESSAGES_FIELDS),
+    ("/v1/messages/count_tokens", {"model": "hermes", "messages": [{"role": "user", "content": USER}]}, MESSAGES_FIELDS),
+])
+def test_wrong_values_in_every_field_are_answered_never_a_500(server, path, base, fields):
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for body in (b"[", b"null", b'"text"', b"[" * 10_000 + b"]" * 10_000):
+            assert http.post(path, content=body).status_code == 400
+        for name in fields:
+            for value in WRONG:
+                r = http.post(path, json={**base, name: value})
+                assert r.status_code in (200, 400), (name, value, r.status_code, r.text)
+                if r.status_code == 400 and path != "/v1/responses":
+                    assert r.json()["type"] == "error", r.text
+    assert server.healthy()

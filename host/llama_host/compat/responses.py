@@ -161,6 +161,8 @@ def _response_format(text: dict) -> dict | None:
     if fmt.get("type") == "json_object":
         return {"type": "json_object"}
     if fmt.get("type") == "json_schema":
+        if not isinstance(fmt.get("schema"), dict):
+            raise CompatError("text.format.schema", "'text.format.schema' is required: a JSON schema (an object)")
         schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
         return {"type": "json_schema", "json_schema": schema}
     raise CompatError("text.format.type", "'text.format.type' must be text, json_object or json_schema")
@@ -410,6 +412,6 @@ def retrieve(response_id: str) -> dict | None:
     return None if found is None else found[0]
 
 
-ENDPOINTS = [
-    Endpoint("/v1/responses", "POST", "chat", chat_request, response, stream=ResponseStream),
-]
+# (also without /v1, as llama-server serves it)
+ENDPOINTS = [Endpoint(path, "POST", "chat", chat_request, response, stream=ResponseStream)
+             for path in ("/v1/responses", "/responses")]
