@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 from pathlib import Path
 
 import anyio
@@ -30,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llama_host import __version__, compat
-from llama_host.compat import responses
+from llama_host.compat import llama_server, responses
 from llama_host.bridge.wasi_nn import LLAMA_BUILD
 from llama_host.engine import Cancellation
 from llama_host.errors import ErrorKind, error_body
@@ -48,7 +49,8 @@ OPENAI_ROUTES = (("/chat/completions", "chat"), ("/completions", "complete"), ("
 # What an API key guards: everything that reaches a model, and /metrics (as llama-server does).
 # Left open, as llama-server leaves them, for the probes of load balancers and OpenAI clients:
 # /health, GET of the model list and of one model, and the chat page (it asks for the key itself).
-PROTECTED = ("/v1", "/metrics", "/models", *(path for path, _ in OPENAI_ROUTES), *(e.path for e in compat.ENDPOINTS))
+PROTECTED = ("/v1", "/metrics", "/models", "/tokenize", "/detokenize", "/props", *(path for path, _ in OPENAI_ROUTES),
+             *(e.path for e in compat.ENDPOINTS))
 PUBLIC_GET = re.compile(r"/(?:v1/)?models(?:/.*)?")
 REQUEST_ID = "x-request-id"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
@@ -402,6 +404,47 @@ def stored_response_route(request: Request) -> Response:
     return JSONResponse(found)
 
 
+def _route_for(state: State, model_id: Any):
+    """The served route a body's ``model`` names (absent: the first), or None."""
+    routes = state.serving.routes
+    if model_id is None:
+        return routes[0]
+    return next((r for r in routes if r.id == model_id), None)
+
+
+def model_tool(work: Callable) -> Callable:
+    """llama-server's /tokenize and /detokenize: ``work(model, body)`` on the model the body names."""
+
+    async def endpoint(request: Request) -> Response:
+        state: State = request.app.state.llama
+        body = await _request_body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            parsed = orjson.loads(body)
+            route = _route_for(state, parsed.get("model") if isinstance(parsed, dict) else None)
+            if route is None:
+                return error_response(ErrorKind.MODEL_NOT_FOUND, f"the model '{echo(str(parsed['model']))}' does not exist", "model")
+            answer = await anyio.to_thread.run_sync(work, state.registry.get(route.preload).model, parsed)
+        except orjson.JSONDecodeError as e:
+            return error_response(ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
+        except compat.CompatError as e:
+            return error_response(ErrorKind.INVALID_REQUEST, str(e), e.param)
+        except ValueError as e:  # (a text too long to tokenize)
+            return error_response(ErrorKind.INVALID_REQUEST, str(e), "content")
+        return JSONResponse(answer)
+
+    return endpoint
+
+
+def props_route(request: Request) -> Response:
+    state: State = request.app.state.llama
+    route = _route_for(state, request.query_params.get("model"))
+    if route is None:
+        return error_response(ErrorKind.MODEL_NOT_FOUND, "no such model", "model")
+    return JSONResponse(llama_server.props(state.registry.get(route.preload), route))
+
+
 def health_route(request: Request) -> Response:
     return JSONResponse({"status": "ok"})  # the server listens once its models are loaded
 
@@ -508,6 +551,9 @@ def create_app(state: State) -> Starlette:
     routes += [Route(e.path, compat_route(e), methods=[e.method]) for e in compat.ENDPOINTS if e is not LLM_API_EMBEDDINGS]
     routes.append(Route("/check", lambda _r: JSONResponse("Ok"), methods=["GET"]))  # llm-api's status check
     routes.append(Route("/v1/responses/{id}", stored_response_route, methods=["GET"]))
+    routes += [Route("/tokenize", model_tool(llama_server.tokenize), methods=["POST"]),
+               Route("/detokenize", model_tool(llama_server.detokenize), methods=["POST"]),
+               Route("/props", props_route, methods=["GET"])]
     web_ui = state.settings.web_ui
     if web_ui is not None:
         routes.append(Mount("/", StaticFiles(directory=web_ui, html=True), name="web-ui"))

@@ -68,9 +68,10 @@ def object_body(body: Any, what: str = "the request body") -> dict:
 
 
 def _all() -> list[Endpoint]:
-    from llama_host.compat import anthropic, llama2, llama_go, llm_api, responses
+    from llama_host.compat import anthropic, llama2, llama_go, llama_server, llm_api, responses
 
-    return [*llama2.ENDPOINTS, *llama_go.ENDPOINTS, *llm_api.ENDPOINTS, *responses.ENDPOINTS, *anthropic.ENDPOINTS]
+    return [*llama2.ENDPOINTS, *llama_go.ENDPOINTS, *llm_api.ENDPOINTS, *llama_server.ENDPOINTS, *responses.ENDPOINTS,
+            *anthropic.ENDPOINTS]
 
 
 ENDPOINTS: list[Endpoint] = _all()

@@ -1,0 +1,128 @@
+"""llama-server's native endpoints (/completion, /tokenize, /detokenize, /props) against a live
+server, in the style of llama.cpp's own suite: token counts exact, shapes as its README gives them,
+and the same greedy text as llama-host's OpenAI completion of the same prompt."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from live import Server
+from llama_host.engine.model import Model
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def server(model_path):
+    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('tiny')}", "--parallel", "3", "default", "auto"])
+    yield s
+    assert s.stop() == 0, s.output
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def vocab(model_path):
+    with Model(model_path("tiny"), vocab_only=True) as m:
+        yield m
+
+
+def openai_completion(http, prompt, n):
+    return http.post("/v1/completions", json={"prompt": prompt, "max_tokens": n, "temperature": 0}).json()
+
+
+def test_completion_answers_in_llama_servers_shape(http):
+    want = openai_completion(http, PROMPT, 8)
+    r = http.post("/completion", json={"prompt": PROMPT, "n_predict": 8, "temperature": 0, "cache_prompt": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["content"] == want["choices"][0]["text"] and body["stop"] is True
+    assert body["tokens_predicted"] == 8 == want["usage"]["completion_tokens"]
+    assert body["tokens_evaluated"] == want["usage"]["prompt_tokens"]
+    assert body["stop_type"] == "limit" and body["generation_settings"]["n_predict"] == 8
+    assert body["prompt"] == PROMPT and body["has_new_line"] == ("\n" in body["content"])
+
+
+def test_a_streamed_completion_is_its_pieces_then_the_counts(server, http):
+    whole = http.post("/completion", json={"prompt": PROMPT, "n_predict": 8, "temperature": 0}).json()
+    with httpx.stream("POST", server.url + "/completion", json={"prompt": PROMPT, "n_predict": 8, "temperature": 0,
+                                                               "stream": True}, timeout=60) as r:
+        lines = [line for line in r.iter_lines() if line]
+    events = [json.loads(line.removeprefix("data: ")) for line in lines]
+    assert all(line.startswith("data: ") for line in lines) and "[DONE]" not in lines[-1]
+    assert all(e["stop"] is False for e in events[:-1]) and events[-1]["stop"] is True
+    assert "".join(e["content"] for e in events[:-1]) == whole["content"]
+    assert events[-1]["tokens_predicted"] == 8 and events[-1]["stop_type"] == "limit"
+
+
+def test_token_prompts_and_tokenize_agree(http, vocab):
+    tokens = http.post("/tokenize", json={"content": PROMPT, "add_special": True}).json()["tokens"]
+    assert tokens == vocab.tokenize(PROMPT, add_bos=True)
+    by_text = http.post("/completion", json={"prompt": PROMPT, "n_predict": 4, "temperature": 0}).json()
+    by_ids = http.post("/completion", json={"prompt": tokens, "n_predict": 4, "temperature": 0}).json()
+    assert by_ids["content"] == by_text["content"] and by_ids["tokens_evaluated"] == len(tokens)
+
+
+def test_tokenize_with_pieces_and_detokenize_round_trip(http, vocab):
+    text = "Ünïcödé and <|im_start|> text"
+    pieces = http.post("/tokenize", json={"content": text, "with_pieces": True}).json()["tokens"]
+    assert [p["id"] for p in pieces] == vocab.tokenize(text, add_bos=False)
+    assert all(isinstance(p["piece"], (str, list)) for p in pieces)
+    joined = b"".join(p["piece"].encode() if isinstance(p["piece"], str) else bytes(p["piece"]) for p in pieces)
+    assert joined == vocab.detokenize([p["id"] for p in pieces], special=True).encode()
+    ids = [p["id"] for p in pieces]
+    assert http.post("/detokenize", json={"tokens": ids}).json()["content"] == vocab.detokenize(ids, special=True)
+
+
+def test_n_probs_gives_completion_probabilities(http):
+    body = http.post("/completion", json={"prompt": PROMPT, "n_predict": 5, "temperature": 0, "n_probs": 3}).json()
+    probs = body["completion_probabilities"]
+    assert len(probs) == body["tokens_predicted"] == 5
+    assert "".join(p["token"] for p in probs) == body["content"]
+    # (at most 3: OpenAI's legacy logprobs, which this is made from, key alternatives by their text)
+    assert all(1 <= len(p["top_logprobs"]) <= 3 and p["logprob"] <= 0 for p in probs)
+    assert all(p["logprob"] >= max(t["logprob"] for t in p["top_logprobs"]) for p in probs)  # greedy
+
+
+def test_props_describe_the_served_model(http, vocab):
+    props = http.get("/props").json()
+    assert props["total_slots"] == 3 and props["chat_template"] == vocab.info.chat_template
+    assert props["model_alias"] == "default" and props["model_path"].endswith(".gguf")
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/completion", {}, "prompt"),
+    ("/completion", {"prompt": [1, "mixed"]}, "prompt"),
+    ("/completion", {"prompt": PROMPT, "n_predict": 0}, "n_predict"),
+    ("/completion", {"prompt": PROMPT, "temperature": "hot"}, "temperature"),
+    ("/completion", {"prompt": [10 ** 9]}, "prompt"),
+    ("/tokenize", {"content": 5}, "content"),
+    ("/tokenize", {}, "content"),
+    ("/detokenize", {"tokens": [-1]}, "tokens"),
+    ("/detokenize", {"tokens": [10 ** 9]}, "tokens"),
+    ("/detokenize", {"tokens": "abc"}, "tokens"),
+    ("/tokenize", {"content": "x", "model": "nope"}, "model"),
+])
+def test_bad_bodies_are_a_400_naming_the_field(server, http, path, body, param):
+    r = http.post(path, json=body)
+    assert r.status_code in (400, 404), r.text
+    assert r.json()["error"]["param"] == param, r.text
+    assert server.healthy()
+
+
+def test_wrong_values_never_take_it_down(server, http):
+    for path in ("/completion", "/tokenize", "/detokenize"):
+        for body in (b"[", b"null", b"[" * 10_000 + b"]" * 10_000, b'{"content": "' + b"a" * 100_000 + b'"}'):
+            assert http.post(path, content=body).status_code in (200, 400)
+        for name in ("prompt", "n_predict", "n_probs", "stream", "content", "tokens", "with_pieces", "add_special"):
+            for value in (None, True, -1, 1.5, "x", [], [None], {}):
+                base = {"prompt": PROMPT, "n_predict": 1, "content": "x", "tokens": [1]}
+                assert http.post(path, json={**base, name: value}).status_code in (200, 400), (path, name, value)
+    assert server.healthy()
