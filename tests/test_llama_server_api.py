@@ -126,3 +126,20 @@ def test_wrong_values_never_take_it_down(server, http):
                 base = {"prompt": PROMPT, "n_predict": 1, "content": "x", "tokens": [1]}
                 assert http.post(path, json={**base, name: value}).status_code in (200, 400), (path, name, value)
     assert server.healthy()
+
+
+def test_metrics_carry_llama_servers_names(http):
+    import re
+
+    http.post("/completion", json={"prompt": PROMPT, "n_predict": 3})
+    text = http.get("/metrics").text
+
+    def total(pattern):
+        return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+    ours = total(r"^llama_host_generated_tokens_total\{[^}]*\} (\S+)$")
+    assert ours >= 3 and total(r"^llamacpp:tokens_predicted_total (\S+)$") == ours
+    assert total(r"^llamacpp:prompt_tokens_total (\S+)$") == total(r"^llama_host_prompt_tokens_total\{[^}]*\} (\S+)$")
+    assert total(r"^llamacpp:n_decode_total (\S+)$") > 0
+    assert re.search(r"^llamacpp:requests_processing \S+$", text, re.M)
+    assert re.search(r"^llamacpp:requests_deferred \S+$", text, re.M)

@@ -29,12 +29,28 @@ class _EngineCollector(Collector):
             "generated_tokens": CounterMetricFamily("llama_host_generated_tokens", "Tokens generated", labels=["model"]),
             "decode_calls": CounterMetricFamily("llama_host_decode_calls", "llama_decode calls", labels=["model"]),
         }
+        totals = dict.fromkeys(LLAMACPP_NAMES, 0)
         for name in self.registry.names:
             stats = self.registry.get(name).engine.stats()
             for key, family in (*gauges.items(), *counters.items()):
                 family.add_metric([name], getattr(stats, key))
+                if key in totals:
+                    totals[key] += getattr(stats, key)
         yield from gauges.values()
         yield from counters.values()
+        # llama-server's names, for the dashboards built on them (all models together, unlabelled)
+        for key, (kind, name, doc) in LLAMACPP_NAMES.items():
+            yield (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(name, doc, value=totals[key])
+
+
+# Engine statistic -> llama-server's metric of the same meaning (its README's /metrics list).
+LLAMACPP_NAMES = {
+    "prompt_tokens": ("counter", "llamacpp:prompt_tokens", "Number of prompt tokens processed"),
+    "generated_tokens": ("counter", "llamacpp:tokens_predicted", "Number of generation tokens processed"),
+    "decode_calls": ("counter", "llamacpp:n_decode", "Total number of llama_decode() calls"),
+    "busy_sequences": ("gauge", "llamacpp:requests_processing", "Number of requests processing"),
+    "queue_depth": ("gauge", "llamacpp:requests_deferred", "Number of requests deferred"),
+}
 
 
 class Metrics:
