@@ -16,8 +16,8 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import anyio
 import orjson
@@ -31,8 +31,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llama_host import __version__, compat
-from llama_host.compat import llama_server, responses
 from llama_host.bridge.wasi_nn import LLAMA_BUILD
+from llama_host.compat import llama_server, responses
 from llama_host.engine import Cancellation
 from llama_host.errors import ErrorKind, error_body
 from llama_host.metrics import Metrics
@@ -313,8 +313,7 @@ SHUTDOWN_MESSAGE = "the server is shutting down; retry on another instance or la
 
 def _count_tokens(state: State, request: dict, answer: dict) -> int:
     """The tokens of a rendered prompt (an apply-template answer), with the model it was for."""
-    routes = state.serving.routes
-    route = next((r for r in routes if r.id == request.get("model")), routes[0])
+    route = _route_for(state, request.get("model")) or state.serving.routes[0]  # (the guest found it)
     return len(state.registry.get(route.preload).model.tokenize(answer["prompt"]))
 
 
