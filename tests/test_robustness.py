@@ -259,17 +259,18 @@ def test_sigterm_under_load_ends_every_stream_with_an_error_and_done(model_path)
 
 
 def test_requests_that_finish_within_the_grace_are_answered(model_path):
-    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('tiny')}", "--ctx-size", "1024", "--parallel", "2",
+    # Long enough (a few seconds of the tiny model) to be seen decoding, short of the grace.
+    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('tiny')}", "--ctx-size", "4096", "--parallel", "2",
                 "--shutdown-grace", "10", "default", "chatml"])
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, s.url + "/v1/completions", timeout=60,
-                              json={"model": "default", "prompt": "a", "max_tokens": 300, "ignore_eos": True})
+                              json={"model": "default", "prompt": "a", "max_tokens": 3000, "ignore_eos": True})
         # Signal only once the request is being decoded: before that, the closed listener refuses it.
         deadline = time.monotonic() + 20
         while metric(s, "llama_host_busy_sequences") < 1:
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline and not pending.done(), "the request was never seen decoding"
             time.sleep(0.01)
         s.proc.send_signal(signal.SIGTERM)
         answer = pending.result(timeout=30)
-    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 300
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 3000
     assert s.proc.wait(30) == 0
