@@ -143,3 +143,12 @@ def test_metrics_carry_llama_servers_names(http):
     assert total(r"^llamacpp:n_decode_total (\S+)$") > 0
     assert re.search(r"^llamacpp:requests_processing \S+$", text, re.M)
     assert re.search(r"^llamacpp:requests_deferred \S+$", text, re.M)
+
+
+def test_slots_show_each_sequence_and_its_cache(http):
+    http.post("/completion", json={"prompt": PROMPT, "n_predict": 4, "temperature": 0})
+    slots = http.get("/slots").json()
+    assert [s["id"] for s in slots] == [0, 1, 2] and not any(s["is_processing"] for s in slots)
+    used = [s for s in slots if s["n_decoded"] == 4]
+    assert used and used[0]["n_cached"] >= used[0]["n_prompt_tokens"] > 0
+    assert http.get("/slots", params={"model": "nope"}).status_code == 404

@@ -49,7 +49,7 @@ OPENAI_ROUTES = (("/chat/completions", "chat"), ("/completions", "complete"), ("
 # What an API key guards: everything that reaches a model, and /metrics (as llama-server does).
 # Left open, as llama-server leaves them, for the probes of load balancers and OpenAI clients:
 # /health, GET of the model list and of one model, and the chat page (it asks for the key itself).
-PROTECTED = ("/v1", "/metrics", "/models", "/tokenize", "/detokenize", "/props", *(path for path, _ in OPENAI_ROUTES),
+PROTECTED = ("/v1", "/metrics", "/models", "/tokenize", "/detokenize", "/props", "/slots", *(path for path, _ in OPENAI_ROUTES),
              *(e.path for e in compat.ENDPOINTS))
 PUBLIC_GET = re.compile(r"/(?:v1/)?models(?:/.*)?")
 REQUEST_ID = "x-request-id"
@@ -444,6 +444,15 @@ def props_route(request: Request) -> Response:
     return JSONResponse(llama_server.props(state.registry.get(route.preload), route))
 
 
+def slots_route(request: Request) -> Response:
+    """llama-server's GET /slots: the sequences of a model's engine (no prompt text is shown)."""
+    state: State = request.app.state.llama
+    route = _route_for(state, request.query_params.get("model"))
+    if route is None:
+        return error_response(ErrorKind.MODEL_NOT_FOUND, "no such model", "model")
+    return JSONResponse(state.registry.get(route.preload).engine.slots())
+
+
 def health_route(request: Request) -> Response:
     return JSONResponse({"status": "ok"})  # the server listens once its models are loaded
 
@@ -552,7 +561,8 @@ def create_app(state: State) -> Starlette:
     routes.append(Route("/v1/responses/{id}", stored_response_route, methods=["GET"]))
     routes += [Route("/tokenize", model_tool(llama_server.tokenize), methods=["POST"]),
                Route("/detokenize", model_tool(llama_server.detokenize), methods=["POST"]),
-               Route("/props", props_route, methods=["GET"])]
+               Route("/props", props_route, methods=["GET"]),
+               Route("/slots", slots_route, methods=["GET"])]
     web_ui = state.settings.web_ui
     if web_ui is not None:
         routes.append(Mount("/", StaticFiles(directory=web_ui, html=True), name="web-ui"))

@@ -191,6 +191,13 @@ class Engine(Resource):
     def stats(self) -> EngineStats:
         return self._stats.snapshot()
 
+    def slots(self) -> list[dict]:
+        """Each sequence as llama-server's /slots shows it: busy or not, tokens in its KV cache,
+        and the current request's prompt and generated counts. Read without the scheduler's
+        lock (small ints, each read atomic): a consistent view of one slot, not of all."""
+        return [{"id": s.seq_id, "is_processing": s.busy, "n_ctx": self.n_ctx_seq, "n_cached": len(s.cached),
+                 "n_prompt_tokens": s.n_prompt, "n_decoded": s.n_generated} for s in self._slots]
+
     def close(self, timeout: float = 10.0) -> None:
         """Cancel everything, stop the scheduler, free the context."""
         with self._cond:
