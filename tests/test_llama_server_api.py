@@ -152,3 +152,28 @@ def test_slots_show_each_sequence_and_its_cache(http):
     used = [s for s in slots if s["n_decoded"] == 4]
     assert used and used[0]["n_cached"] >= used[0]["n_prompt_tokens"] > 0
     assert http.get("/slots", params={"model": "nope"}).status_code == 404
+
+
+def test_a_stop_string_is_named_by_every_api(server, http):
+    """The stop string that ended the text: OpenAI answers' `stop_word`, llama-server's
+    stop_type "word", Anthropic's stop_sequence; none when the text ended otherwise."""
+    free = http.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 12, "temperature": 0}).json()
+    text = free["choices"][0]["text"]
+    assert "stop_word" not in free["choices"][0]
+    at = next(i for i in range(1, len(text) - 3) if text[i:i + 3].strip() and text[i:i + 3] not in text[:i + 2])
+    word = text[at:at + 3]
+    args = {"prompt": PROMPT, "max_tokens": 12, "temperature": 0, "stop": [word, "never-there"]}
+    cut = http.post("/v1/completions", json=args).json()["choices"][0]
+    assert (cut["text"], cut["finish_reason"], cut["stop_word"]) == (text[:at], "stop", word)
+    with httpx.stream("POST", server.url + "/v1/completions", json={**args, "stream": True}, timeout=60) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert [c["choices"][0].get("stop_word") for c in chunks if c["choices"][0]["finish_reason"]] == [word]
+    native = http.post("/completion", json={"prompt": PROMPT, "n_predict": 12, "temperature": 0, "stop": [word]}).json()
+    assert (native["stop_type"], native["stopping_word"]) == ("word", word)
+    assert http.post("/completion", json={"prompt": PROMPT, "n_predict": 3}).json()["stop_type"] == "limit"
+    chat_args = {"model": "default", "max_tokens": 12, "temperature": 0, "messages": [{"role": "user", "content": PROMPT}]}
+    reply = http.post("/v1/messages", json=chat_args).json()["content"][0]["text"]
+    at = next(i for i in range(1, len(reply) - 3) if reply[i:i + 3].strip() and reply[i:i + 3] not in reply[:i + 2])
+    word = reply[at:at + 3]
+    m = http.post("/v1/messages", json={**chat_args, "stop_sequences": [word]}).json()
+    assert (m["stop_reason"], m["stop_sequence"], m["content"][0]["text"]) == ("stop_sequence", word, reply[:at])

@@ -207,6 +207,10 @@ const Choice = struct {
     fn finishReason(self: *const Choice) []const u8 {
         return if (self.calls.items.len > 0) "tool_calls" else self.usage.finish_reason;
     }
+
+    fn stopWord(self: *const Choice) ?[]const u8 {
+        return if (self.calls.items.len > 0) null else self.usage.stop_word;
+    }
 };
 
 /// Generates every choice a token at a time, round robin (the host runs them together, so a
@@ -230,7 +234,7 @@ fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer
                     c.prompt_entries = logprobs.read(gpa, c.ctx, .prompt, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure);
                 if (job.stream) {
                     const lp = if (c.echo != null and job.logprobs) try answer.chunkLogprobs(c.prompt_entries, &c.offset) else null;
-                    try answer.chunk(c.index, if (answer.api == .completion) (c.echo orelse "") else "", true, null, lp);
+                    try answer.chunk(c.index, if (answer.api == .completion) (c.echo orelse "") else "", true, null, lp, null);
                 }
                 c.offset = c.prompt_chars;
             }
@@ -246,7 +250,7 @@ fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer
                     try c.entries.appendSlice(entries);
                 } else if (!d.empty() or entries.len > 0) {
                     const lp = if (job.logprobs) try answer.chunkLogprobs(entries, &c.offset) else null;
-                    if (answer.api == .chat) try answer.delta(c, d, lp) else try answer.chunk(c.index, d.content, false, null, lp);
+                    if (answer.api == .chat) try answer.delta(c, d, lp) else try answer.chunk(c.index, d.content, false, null, lp, null);
                 }
                 continue;
             }
@@ -260,7 +264,7 @@ fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer
             }
             if (!d.empty()) try answer.delta(c, d, null); // (chat only: other APIs release nothing at the end)
             try c.calls.appendSlice(d.calls);
-            try answer.chunk(c.index, "", false, c.finishReason(), null);
+            try answer.chunk(c.index, "", false, c.finishReason(), null, c.stopWord());
         }
     }
     if (!job.stream) return answer.whole(choices);
@@ -509,6 +513,7 @@ const Usage = struct {
     completion_tokens: i64 = 0,
     cached_tokens: i64 = 0,
     finish_reason: []const u8 = "stop",
+    stop_word: ?[]const u8 = null, // the stop string that ended the text
 
     fn read(gpa: Allocator, ctx: abi.Context) error{OutOfMemory}!Usage {
         const bytes = ctx.output(gpa, .metadata) catch return .{};
@@ -528,6 +533,7 @@ const Usage = struct {
             cached_tokens: i64 = 0,
             finish_reason: ?[]const u8 = null,
             context_full: bool = false,
+            stop_word: ?[]const u8 = null,
         };
         const m = std.json.parseFromSliceLeaky(Meta, gpa, bytes, .{ .ignore_unknown_fields = true }) catch |err| switch (err) {
             error.OutOfMemory => return error.OutOfMemory,
@@ -539,6 +545,7 @@ const Usage = struct {
             .completion_tokens = m.output_tokens,
             .cached_tokens = m.cached_tokens,
             .finish_reason = if (length) "length" else "stop",
+            .stop_word = if (length) null else m.stop_word,
         };
     }
 
@@ -709,27 +716,53 @@ const Answer = struct {
     }
     const TextChoice = struct { text: []const u8, index: usize, logprobs: ?Value, finish_reason: []const u8 };
 
+    /// A choice with llama-host's `stop_word` (llama-server's `stopping_word`): the stop string
+    /// that ended its text, written only when there is one.
+    fn Ended(comptime T: type) type {
+        return struct {
+            choice: T,
+            stop_word: ?[]const u8,
+
+            pub fn jsonStringify(self: @This(), jws: anytype) !void {
+                try jws.beginObject();
+                inline for (std.meta.fields(T)) |f| {
+                    try jws.objectField(f.name);
+                    try jws.write(@field(self.choice, f.name));
+                }
+                if (self.stop_word) |word| {
+                    try jws.objectField("stop_word");
+                    try jws.write(word);
+                }
+                try jws.endObject();
+            }
+        };
+    }
+
+    fn ended(choice: anytype, stop_word: ?[]const u8) Ended(@TypeOf(choice)) {
+        return .{ .choice = choice, .stop_word = stop_word };
+    }
+
     fn whole(self: Answer, choices: []const Choice) reply.EmitError!void {
         const usage = Usage.total(choices);
         switch (self.api) {
             .chat => {
-                const out = try self.gpa.alloc(ChatChoice, choices.len);
-                for (choices, out) |*c, *o| o.* = .{
+                const out = try self.gpa.alloc(Ended(ChatChoice), choices.len);
+                for (choices, out) |*c, *o| o.* = ended(ChatChoice{
                     .index = c.index,
                     .message = try self.message(c),
                     .logprobs = try self.choiceLogprobs(c),
                     .finish_reason = c.finishReason(),
-                };
+                }, c.stopWord());
                 try reply.json(self.gpa, .body, .{ .id = self.id, .object = "chat.completion", .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = out, .usage = usage });
             },
             .completion => {
-                const out = try self.gpa.alloc(TextChoice, choices.len);
-                for (choices, out) |*c, *o| o.* = .{
+                const out = try self.gpa.alloc(Ended(TextChoice), choices.len);
+                for (choices, out) |*c, *o| o.* = ended(TextChoice{
                     .text = if (c.echo) |p| try std.mem.concat(self.gpa, u8, &.{ p, c.text.items }) else c.text.items,
                     .index = c.index,
                     .logprobs = try self.choiceLogprobs(c),
                     .finish_reason = c.usage.finish_reason,
-                };
+                }, c.stopWord());
                 try reply.json(self.gpa, .body, .{ .id = self.id, .object = "text_completion", .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = out, .usage = usage });
             },
             .template => unreachable, // answered with its prompt before any generation
@@ -737,11 +770,11 @@ const Answer = struct {
     }
 
     /// A chat delta chunk (`role` only in the first) or a completion text chunk.
-    fn chunk(self: Answer, index: usize, text: []const u8, first: bool, finish_reason: ?[]const u8, lp: ?Value) reply.EmitError!void {
+    fn chunk(self: Answer, index: usize, text: []const u8, first: bool, finish_reason: ?[]const u8, lp: ?Value, stop_word: ?[]const u8) reply.EmitError!void {
         const usage: ?Usage = null;
         switch (self.api) {
             .chat => if (finish_reason) |reason|
-                try self.event("chat.completion.chunk", .{.{ .index = index, .delta = Empty{}, .logprobs = null, .finish_reason = reason }}, usage)
+                try self.event("chat.completion.chunk", .{ended(.{ .index = index, .delta = Empty{}, .logprobs = @as(?Value, null), .finish_reason = reason }, stop_word)}, usage)
             else
                 try self.event("chat.completion.chunk", .{.{
                     .index = index,
@@ -749,12 +782,12 @@ const Answer = struct {
                     .logprobs = lp,
                     .finish_reason = null,
                 }}, usage),
-            .completion => try self.event("text_completion", .{.{
+            .completion => try self.event("text_completion", .{ended(.{
                 .text = text,
                 .index = index,
                 .logprobs = lp,
                 .finish_reason = finish_reason,
-            }}, usage),
+            }, stop_word)}, usage),
             .template => unreachable,
         }
     }

@@ -402,6 +402,7 @@ class NnSession:
             "cached_tokens": result.cached_tokens if result else 0,
             "finish_reason": result.finish_reason.value if result else None,
             "context_full": result.context_full if result else False,
+            "stop_word": result.stop if result else None,
         }
         if result is None:  # compute_single still running
             meta["output_tokens"] = ctx.generated

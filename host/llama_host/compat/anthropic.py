@@ -197,8 +197,9 @@ def _input(arguments: str) -> dict:
 
 
 def _stop(choice: dict) -> tuple[str, str | None]:
-    """stop_reason and stop_sequence. (OpenAI's answer does not say whether a stop string or the
-    end of the turn ended the text: both are end_turn here.)"""
+    """stop_reason and stop_sequence (the guest's ``stop_word``: the stop string that ended the text)."""
+    if choice.get("finish_reason") == "stop" and isinstance(choice.get("stop_word"), str):
+        return "stop_sequence", choice["stop_word"]
     return STOP_REASONS.get(choice.get("finish_reason"), "end_turn"), None
 
 

@@ -72,7 +72,8 @@ def _probabilities(logprobs: dict | None) -> list[dict]:
     return out
 
 
-def _final(request: dict, model: str, content: str, finish: str | None, usage: dict | None, logprobs: dict | None) -> dict:
+def _final(request: dict, model: str, content: str, finish: str | None, usage: dict | None, logprobs: dict | None,
+           stop_word: str | None) -> dict:
     usage = usage or {}
     return {
         "index": 0, "content": content, "tokens": [], "id_slot": -1, "stop": True, "model": model,
@@ -80,8 +81,7 @@ def _final(request: dict, model: str, content: str, finish: str | None, usage: d
         "tokens_cached": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
         "generation_settings": _settings(request), "prompt": request["prompt"] if isinstance(request["prompt"], str) else "",
         "has_new_line": "\n" in content, "truncated": False,
-        # (whether a stop string or the end of text stopped it, OpenAI's answer does not say)
-        "stop_type": "limit" if finish == "length" else "eos", "stopping_word": "",
+        "stop_type": "limit" if finish == "length" else "word" if stop_word else "eos", "stopping_word": stop_word or "",
         **({"completion_probabilities": _probabilities(logprobs)} if "logprobs" in request else {}),
     }
 
@@ -89,7 +89,7 @@ def _final(request: dict, model: str, content: str, finish: str | None, usage: d
 def completion_response(request: dict, answer: dict, _seconds: float) -> dict:
     choice = answer["choices"][0]
     return _final(request, answer["model"], choice["text"], choice["finish_reason"], answer.get("usage"),
-                  choice.get("logprobs"))
+                  choice.get("logprobs"), choice.get("stop_word"))
 
 
 class CompletionStream:
@@ -100,11 +100,12 @@ class CompletionStream:
         self.request = request
         self.model = request.get("model", "")
         self.finish: str | None = None
+        self.stop_word: str | None = None
         self.usage: dict | None = None
 
     def event(self, payload: bytes) -> bytes:
         if payload == b"[DONE]":
-            return _data(_final(self.request, self.model, "", self.finish, self.usage, None))
+            return _data(_final(self.request, self.model, "", self.finish, self.usage, None, self.stop_word))
         chunk = orjson.loads(payload)
         self.model = chunk.get("model", self.model)
         if chunk.get("usage"):
@@ -112,7 +113,7 @@ class CompletionStream:
         out = b""
         for choice in chunk.get("choices") or []:
             if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
+                self.finish, self.stop_word = choice["finish_reason"], choice.get("stop_word")
             if choice.get("text"):
                 piece = {"index": 0, "content": choice["text"], "tokens": [], "stop": False, "id_slot": -1}
                 if "logprobs" in self.request:
