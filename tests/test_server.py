@@ -370,7 +370,7 @@ def test_info_and_metrics(server):
 def test_api_key_cors_body_limit_and_web_ui(model_path, tmp_path):
     (tmp_path / "index.html").write_text("<title>my chat ui</title>")
     s = Server([f"--nn-preload=tiny:GGML:CPU:{model_path('tiny')}", "--max-body-bytes", "2000", "--web-ui", str(tmp_path),
-                "--cors-origins", "https://chat.example", "tiny", "chatml"], env={"API_KEY": "s3cret"})
+                "--cors-origins", "https://chat.example,localhost", "tiny", "chatml"], env={"API_KEY": "s3cret"})
     try:
         body = {"model": "tiny", "messages": M, "max_tokens": 2}
         assert httpx.post(s.url + "/v1/chat/completions", json=body).status_code == 401
@@ -398,6 +398,12 @@ def test_api_key_cors_body_limit_and_web_ui(model_path, tmp_path):
         assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://chat.example"
         cors = httpx.get(s.url + "/v1/models", headers={"Origin": "https://chat.example"})
         assert cors.headers["access-control-expose-headers"].lower() == "x-request-id"
+        for origin, allowed in (("http://localhost:5173", True), ("http://127.0.0.1:3000", True), ("http://[::1]", True),
+                                ("http://localhost.evil.example", False), ("https://evil.example", False)):
+            pre = httpx.options(s.url + "/v1/messages", headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "x-api-key,content-type"})
+            assert (pre.headers.get("access-control-allow-origin") == origin) is allowed, origin
         big = httpx.post(s.url + "/v1/chat/completions", headers={"Authorization": "Bearer s3cret"},
                          json={**body, "messages": [{"role": "user", "content": "x" * 5000}]})
         assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"

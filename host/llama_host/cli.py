@@ -101,7 +101,7 @@ def serve(
     frequency_penalty: Annotated[Optional[float], typer.Option(help="Default frequency penalty.")] = None,
     reverse_prompt: Annotated[Optional[str], typer.Option(help="A stop string added to every request.")] = None,
     api_key: Annotated[Optional[str], typer.Option(envvar="API_KEY", help="Require 'Authorization: Bearer KEY' on /v1.")] = None,
-    cors_origins: Annotated[Optional[str], typer.Option(help="Allowed CORS origins, comma-separated ('*' for any).")] = None,
+    cors_origins: Annotated[Optional[str], typer.Option(help="Allowed CORS origins, comma-separated ('*' for any, 'localhost' for this machine's on any port).")] = None,
     web_ui: Annotated[Optional[Path], typer.Option(help="Serve this folder's static files at /.")] = None,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (413 past it).")] = 16 << 20,
     timeout_head: Annotated[float, typer.Option(

@@ -53,6 +53,8 @@ PROTECTED = ("/v1", "/metrics", "/models", "/tokenize", "/detokenize", "/props",
              *(e.path for e in compat.ENDPOINTS))
 PUBLIC_GET = re.compile(r"/(?:v1/)?models(?:/.*)?")
 REQUEST_ID = "x-request-id"
+# --cors-origins localhost: a web UI served from this machine, on any port (its dev server's)
+LOCAL_ORIGINS = r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d{1,5})?"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "keep-alive"}
 
 
@@ -571,8 +573,10 @@ def create_app(state: State) -> Starlette:
     middleware = [Middleware(RequestIdMiddleware), Middleware(ApiKeyMiddleware, api_key=state.settings.api_key)]
     if state.settings.cors_origins:
         # outermost, so preflight and 401s carry the CORS headers too
-        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=list(state.settings.cors_origins),
-                                        allow_methods=["GET", "POST", "OPTIONS"],
+        origins = [o for o in state.settings.cors_origins if o != "localhost"]
+        local = LOCAL_ORIGINS if "localhost" in state.settings.cors_origins else None
+        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=local,
+                                        allow_methods=["GET", "POST", "PUT", "OPTIONS"],
                                         allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
                                         expose_headers=[REQUEST_ID]))
 
