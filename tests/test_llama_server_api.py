@@ -177,3 +177,15 @@ def test_a_stop_string_is_named_by_every_api(server, http):
     word = reply[at:at + 3]
     m = http.post("/v1/messages", json={**chat_args, "stop_sequences": [word]}).json()
     assert (m["stop_reason"], m["stop_sequence"], m["content"][0]["text"]) == ("stop_sequence", word, reply[:at])
+
+
+def test_answers_carry_llama_servers_timings(http):
+    for path, body in (("/v1/completions", {"prompt": PROMPT + " again", "max_tokens": 6}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 6})):
+        answer = http.post(path, json={**body, "temperature": 0}).json()
+        t, usage = answer["timings"], answer["usage"]
+        assert t["prompt_n"] + t["cache_n"] == usage["prompt_tokens"] and t["cache_n"] == usage["prompt_tokens_details"]["cached_tokens"]
+        assert t["predicted_n"] == usage["completion_tokens"] == 6
+        assert t["prompt_ms"] > 0 and t["predicted_ms"] > 0 and t["predicted_per_second"] > 0
+    native = http.post("/completion", json={"prompt": PROMPT, "n_predict": 4}).json()
+    assert native["timings"]["predicted_n"] == native["tokens_predicted"] == 4

@@ -514,12 +514,14 @@ const Usage = struct {
     cached_tokens: i64 = 0,
     finish_reason: []const u8 = "stop",
     stop_word: ?[]const u8 = null, // the stop string that ended the text
+    timings: ?Value = null, // llama-server's, from the host (milliseconds, tokens)
 
     fn read(gpa: Allocator, ctx: abi.Context) error{OutOfMemory}!Usage {
         const bytes = ctx.output(gpa, .metadata) catch return .{};
         return parse(gpa, bytes);
     }
 
+    /// (`buf` is on the stack: parse copies what it keeps, alloc_always)
     fn readSingle(gpa: Allocator, ctx: abi.Context) error{OutOfMemory}!Usage {
         var buf: [512]u8 = undefined;
         const bytes = ctx.outputSingle(gpa, .metadata, &buf) catch return .{};
@@ -534,8 +536,9 @@ const Usage = struct {
             finish_reason: ?[]const u8 = null,
             context_full: bool = false,
             stop_word: ?[]const u8 = null,
+            timings: ?Value = null,
         };
-        const m = std.json.parseFromSliceLeaky(Meta, gpa, bytes, .{ .ignore_unknown_fields = true }) catch |err| switch (err) {
+        const m = std.json.parseFromSliceLeaky(Meta, gpa, bytes, .{ .ignore_unknown_fields = true, .allocate = .alloc_always }) catch |err| switch (err) {
             error.OutOfMemory => return error.OutOfMemory,
             else => return .{},
         };
@@ -546,6 +549,7 @@ const Usage = struct {
             .cached_tokens = m.cached_tokens,
             .finish_reason = if (length) "length" else "stop",
             .stop_word = if (length) null else m.stop_word,
+            .timings = m.timings,
         };
     }
 
@@ -716,54 +720,59 @@ const Answer = struct {
     }
     const TextChoice = struct { text: []const u8, index: usize, logprobs: ?Value, finish_reason: []const u8 };
 
-    /// A choice with llama-host's `stop_word` (llama-server's `stopping_word`): the stop string
-    /// that ended its text, written only when there is one.
-    fn Ended(comptime T: type) type {
+    /// An OpenAI object with one field more, written only when it has a value: a choice's
+    /// `stop_word` (the stop string that ended its text, llama-server's `stopping_word`), an
+    /// answer's `timings` (llama-server's).
+    fn With(comptime T: type, comptime name: []const u8, comptime E: type) type {
         return struct {
-            choice: T,
-            stop_word: ?[]const u8,
+            base: T,
+            extra: ?E,
 
             pub fn jsonStringify(self: @This(), jws: anytype) !void {
                 try jws.beginObject();
                 inline for (std.meta.fields(T)) |f| {
                     try jws.objectField(f.name);
-                    try jws.write(@field(self.choice, f.name));
+                    try jws.write(@field(self.base, f.name));
                 }
-                if (self.stop_word) |word| {
-                    try jws.objectField("stop_word");
-                    try jws.write(word);
+                if (self.extra) |value| {
+                    try jws.objectField(name);
+                    try jws.write(value);
                 }
                 try jws.endObject();
             }
         };
     }
 
-    fn ended(choice: anytype, stop_word: ?[]const u8) Ended(@TypeOf(choice)) {
-        return .{ .choice = choice, .stop_word = stop_word };
+    fn ended(choice: anytype, stop_word: ?[]const u8) With(@TypeOf(choice), "stop_word", []const u8) {
+        return .{ .base = choice, .extra = stop_word };
+    }
+
+    fn timed(answer: anytype, timings: ?Value) With(@TypeOf(answer), "timings", Value) {
+        return .{ .base = answer, .extra = timings };
     }
 
     fn whole(self: Answer, choices: []const Choice) reply.EmitError!void {
         const usage = Usage.total(choices);
         switch (self.api) {
             .chat => {
-                const out = try self.gpa.alloc(Ended(ChatChoice), choices.len);
+                const out = try self.gpa.alloc(With(ChatChoice, "stop_word", []const u8), choices.len);
                 for (choices, out) |*c, *o| o.* = ended(ChatChoice{
                     .index = c.index,
                     .message = try self.message(c),
                     .logprobs = try self.choiceLogprobs(c),
                     .finish_reason = c.finishReason(),
                 }, c.stopWord());
-                try reply.json(self.gpa, .body, .{ .id = self.id, .object = "chat.completion", .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = out, .usage = usage });
+                try reply.json(self.gpa, .body, timed(.{ .id = self.id, .object = "chat.completion", .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = out, .usage = usage }, choices[0].usage.timings));
             },
             .completion => {
-                const out = try self.gpa.alloc(Ended(TextChoice), choices.len);
+                const out = try self.gpa.alloc(With(TextChoice, "stop_word", []const u8), choices.len);
                 for (choices, out) |*c, *o| o.* = ended(TextChoice{
                     .text = if (c.echo) |p| try std.mem.concat(self.gpa, u8, &.{ p, c.text.items }) else c.text.items,
                     .index = c.index,
                     .logprobs = try self.choiceLogprobs(c),
                     .finish_reason = c.usage.finish_reason,
                 }, c.stopWord());
-                try reply.json(self.gpa, .body, .{ .id = self.id, .object = "text_completion", .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = out, .usage = usage });
+                try reply.json(self.gpa, .body, timed(.{ .id = self.id, .object = "text_completion", .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = out, .usage = usage }, choices[0].usage.timings));
             },
             .template => unreachable, // answered with its prompt before any generation
         }

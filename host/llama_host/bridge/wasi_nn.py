@@ -403,6 +403,7 @@ class NnSession:
             "finish_reason": result.finish_reason.value if result else None,
             "context_full": result.context_full if result else False,
             "stop_word": result.stop if result else None,
+            "timings": _timings(result) if result else None,
         }
         if result is None:  # compute_single still running
             meta["output_tokens"] = ctx.generated
@@ -447,3 +448,22 @@ def _token_entry(model, token: int, logprob: float | None) -> dict:
 # The sdist that llama.cpp is built from carries no git metadata, so there is no build number to
 # report; the commit field names the pinned release instead.
 LLAMA_BUILD = (0, f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}")
+
+
+def _timings(result: Result) -> dict | None:
+    """llama-server's ``timings`` of a finished generation (milliseconds; the prompt's part
+    counts the tokens evaluated, not those reused from the cache)."""
+    if result.prompt_seconds is None or result.generation_seconds is None:
+        return None
+    prompt_n = result.prompt_tokens - result.cached_tokens
+    prompt_ms, predicted_ms = result.prompt_seconds * 1000, result.generation_seconds * 1000
+    # the first token is sampled at the end of the prompt's evaluation: the others take predicted_ms
+    predicted_n = max(result.completion_tokens - 1, 0)
+    return {
+        "cache_n": result.cached_tokens, "prompt_n": prompt_n, "prompt_ms": prompt_ms,
+        "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
+        "prompt_per_second": prompt_n / result.prompt_seconds if prompt_n and result.prompt_seconds > 0 else 0.0,
+        "predicted_n": result.completion_tokens, "predicted_ms": predicted_ms,
+        "predicted_per_token_ms": predicted_ms / predicted_n if predicted_n else 0.0,
+        "predicted_per_second": predicted_n / result.generation_seconds if predicted_n and result.generation_seconds > 0 else 0.0,
+    }

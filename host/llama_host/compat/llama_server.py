@@ -88,8 +88,9 @@ def _final(request: dict, model: str, content: str, finish: str | None, usage: d
 
 def completion_response(request: dict, answer: dict, _seconds: float) -> dict:
     choice = answer["choices"][0]
-    return _final(request, answer["model"], choice["text"], choice["finish_reason"], answer.get("usage"),
-                  choice.get("logprobs"), choice.get("stop_word"))
+    final = _final(request, answer["model"], choice["text"], choice["finish_reason"], answer.get("usage"),
+                   choice.get("logprobs"), choice.get("stop_word"))
+    return {**final, "timings": answer["timings"]} if "timings" in answer else final
 
 
 class CompletionStream:

@@ -112,6 +112,7 @@ class _Slot:
         self.n_prompt = self.n_cached = self.n_generated = 0
         self.batch_index = -1  # index of this sequence's logits in the current batch
         self.first_token_at: float | None = None
+        self.admitted_at = 0.0  # when the request got this slot: its prompt's evaluation starts
         self.logprobs: list[TokenLogprob] = []  # of generated tokens whose text is held back
         self.prompt_logprobs: list[TokenLogprob | None] | None = None  # request.prompt_logprobs
         self.prompt_rows: list[tuple[int, int]] = []  # (batch index, the prompt token its logits predict)
@@ -280,6 +281,7 @@ class Engine(Resource):
         slot.next_token = None
         slot.n_prompt, slot.n_cached, slot.n_generated = len(prompt), keep, 0
         slot.first_token_at = None
+        slot.admitted_at = time.monotonic()
         slot.logprobs = []
         slot.prompt_logprobs = [None] if handle.request.prompt_logprobs else None
         self._stats.add(cached_tokens=keep)
@@ -402,6 +404,8 @@ class Engine(Resource):
             stop=text.stopped_by,
             context_full=context_full,
             time_to_first_token=None if started is None else started - handle.submitted,
+            prompt_seconds=None if started is None else started - slot.admitted_at,
+            generation_seconds=None if started is None else time.monotonic() - started,
             error=error,
         )
         # Held-back text is out now, with its tokens' log-probabilities; after a stop string,

@@ -41,6 +41,8 @@ class Result:
     stop: str | None = None  # the stop string that ended generation
     context_full: bool = False  # LENGTH because the sequence's context ran out
     time_to_first_token: float | None = None  # seconds from submit to the first token
+    prompt_seconds: float | None = None  # from getting a sequence to the first token (prompt evaluation)
+    generation_seconds: float | None = None  # from the first token to the end
     error: HostError | None = None
 
 
