@@ -189,3 +189,13 @@ def test_answers_carry_llama_servers_timings(http):
         assert t["prompt_ms"] > 0 and t["predicted_ms"] > 0 and t["predicted_per_second"] > 0
     native = http.post("/completion", json={"prompt": PROMPT, "n_predict": 4}).json()
     assert native["timings"]["predicted_n"] == native["tokens_predicted"] == 4
+
+
+def test_a_streamed_choice_ends_with_its_timings(server):
+    for path, body in (("/v1/completions", {"prompt": PROMPT, "max_tokens": 5}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 5})):
+        with httpx.stream("POST", server.url + path, json={**body, "stream": True, "temperature": 0}, timeout=60) as r:
+            chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        timed = [c for c in chunks if "timings" in c]
+        assert len(timed) == 1 and timed[0]["choices"][0]["finish_reason"] == "length", path
+        assert timed[0]["timings"]["predicted_n"] == 5 and timed[0]["timings"]["predicted_ms"] > 0

@@ -211,6 +211,11 @@ const Choice = struct {
     fn stopWord(self: *const Choice) ?[]const u8 {
         return if (self.calls.items.len > 0) null else self.usage.stop_word;
     }
+
+    /// How a streamed choice ended, for its last chunk.
+    fn ending(self: *const Choice) Answer.End {
+        return .{ .reason = self.finishReason(), .stop_word = self.stopWord(), .timings = self.usage.timings };
+    }
 };
 
 /// Generates every choice a token at a time, round robin (the host runs them together, so a
@@ -234,7 +239,7 @@ fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer
                     c.prompt_entries = logprobs.read(gpa, c.ctx, .prompt, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure);
                 if (job.stream) {
                     const lp = if (c.echo != null and job.logprobs) try answer.chunkLogprobs(c.prompt_entries, &c.offset) else null;
-                    try answer.chunk(c.index, if (answer.api == .completion) (c.echo orelse "") else "", true, null, lp, null);
+                    try answer.chunk(c.index, if (answer.api == .completion) (c.echo orelse "") else "", true, null, lp);
                 }
                 c.offset = c.prompt_chars;
             }
@@ -250,7 +255,7 @@ fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer
                     try c.entries.appendSlice(entries);
                 } else if (!d.empty() or entries.len > 0) {
                     const lp = if (job.logprobs) try answer.chunkLogprobs(entries, &c.offset) else null;
-                    if (answer.api == .chat) try answer.delta(c, d, lp) else try answer.chunk(c.index, d.content, false, null, lp, null);
+                    if (answer.api == .chat) try answer.delta(c, d, lp) else try answer.chunk(c.index, d.content, false, null, lp);
                 }
                 continue;
             }
@@ -264,7 +269,7 @@ fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer
             }
             if (!d.empty()) try answer.delta(c, d, null); // (chat only: other APIs release nothing at the end)
             try c.calls.appendSlice(d.calls);
-            try answer.chunk(c.index, "", false, c.finishReason(), null, c.stopWord());
+            try answer.chunk(c.index, "", false, c.ending(), null);
         }
     }
     if (!job.stream) return answer.whole(choices);
@@ -702,7 +707,7 @@ const Answer = struct {
                 .delta = Delta{ .content = if (d.content.len > 0 or d.reasoning.len == 0) d.content else null, .reasoning = d.reasoning },
                 .logprobs = lp,
                 .finish_reason = null,
-            }}, null);
+            }}, null, null);
         }
         for (d.calls, 0..) |call, k| {
             const index = c.calls.items.len + k;
@@ -715,7 +720,7 @@ const Answer = struct {
                 .delta = Delta{ .content = null, .tool_calls = &.{part} },
                 .logprobs = null,
                 .finish_reason = null,
-            }}, null);
+            }}, null, null);
         }
     }
     const TextChoice = struct { text: []const u8, index: usize, logprobs: ?Value, finish_reason: []const u8 };
@@ -778,38 +783,44 @@ const Answer = struct {
         }
     }
 
-    /// A chat delta chunk (`role` only in the first) or a completion text chunk.
-    fn chunk(self: Answer, index: usize, text: []const u8, first: bool, finish_reason: ?[]const u8, lp: ?Value, stop_word: ?[]const u8) reply.EmitError!void {
+    /// The end of a streamed choice: its finish_reason, stop word and timings.
+    const End = struct { reason: []const u8, stop_word: ?[]const u8 = null, timings: ?Value = null };
+
+    /// A chat delta chunk (`role` only in the first), a completion text chunk, or (`end`) a
+    /// choice's last chunk, which carries llama-server's `timings` as its last chunk does.
+    fn chunk(self: Answer, index: usize, text: []const u8, first: bool, end: ?End, lp: ?Value) reply.EmitError!void {
         const usage: ?Usage = null;
+        const stop_word = if (end) |e| e.stop_word else null;
+        const timings = if (end) |e| e.timings else null;
         switch (self.api) {
-            .chat => if (finish_reason) |reason|
-                try self.event("chat.completion.chunk", .{ended(.{ .index = index, .delta = Empty{}, .logprobs = @as(?Value, null), .finish_reason = reason }, stop_word)}, usage)
+            .chat => if (end) |e|
+                try self.event("chat.completion.chunk", .{ended(.{ .index = index, .delta = Empty{}, .logprobs = @as(?Value, null), .finish_reason = e.reason }, stop_word)}, usage, timings)
             else
                 try self.event("chat.completion.chunk", .{.{
                     .index = index,
                     .delta = Delta{ .role = if (first) "assistant" else null, .content = text },
                     .logprobs = lp,
                     .finish_reason = null,
-                }}, usage),
+                }}, usage, null),
             .completion => try self.event("text_completion", .{ended(.{
                 .text = text,
                 .index = index,
                 .logprobs = lp,
-                .finish_reason = finish_reason,
-            }, stop_word)}, usage),
+                .finish_reason = if (end) |e| e.reason else null,
+            }, stop_word)}, usage, timings),
             .template => unreachable,
         }
     }
 
     fn usageChunk(self: Answer, usage: Usage) reply.EmitError!void {
-        try self.event(if (self.api == .chat) "chat.completion.chunk" else "text_completion", &[_]Empty{}, usage);
+        try self.event(if (self.api == .chat) "chat.completion.chunk" else "text_completion", &[_]Empty{}, usage, null);
     }
 
-    fn event(self: Answer, object: []const u8, choices: anytype, usage: ?Usage) reply.EmitError!void {
+    fn event(self: Answer, object: []const u8, choices: anytype, usage: ?Usage, timings: ?Value) reply.EmitError!void {
         if (self.include_usage) {
-            try reply.json(self.gpa, .event, .{ .id = self.id, .object = object, .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = choices, .usage = usage });
+            try reply.json(self.gpa, .event, timed(.{ .id = self.id, .object = object, .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = choices, .usage = usage }, timings));
         } else {
-            try reply.json(self.gpa, .event, .{ .id = self.id, .object = object, .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = choices });
+            try reply.json(self.gpa, .event, timed(.{ .id = self.id, .object = object, .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = choices }, timings));
         }
     }
 
