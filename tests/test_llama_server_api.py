@@ -60,6 +60,7 @@ def test_a_streamed_completion_is_its_pieces_then_the_counts(server, http):
     assert all(e["stop"] is False for e in events[:-1]) and events[-1]["stop"] is True
     assert "".join(e["content"] for e in events[:-1]) == whole["content"]
     assert events[-1]["tokens_predicted"] == 8 and events[-1]["stop_type"] == "limit"
+    assert events[-1]["timings"]["predicted_n"] == 8
 
 
 def test_token_prompts_and_tokenize_agree(http, vocab):

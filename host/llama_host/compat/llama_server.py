@@ -103,12 +103,15 @@ class CompletionStream:
         self.finish: str | None = None
         self.stop_word: str | None = None
         self.usage: dict | None = None
+        self.timings: dict | None = None  # the last chunk's
 
     def event(self, payload: bytes) -> bytes:
         if payload == b"[DONE]":
-            return _data(_final(self.request, self.model, "", self.finish, self.usage, None, self.stop_word))
+            final = _final(self.request, self.model, "", self.finish, self.usage, None, self.stop_word)
+            return _data({**final, "timings": self.timings} if self.timings else final)
         chunk = orjson.loads(payload)
         self.model = chunk.get("model", self.model)
+        self.timings = chunk.get("timings", self.timings)
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         out = b""
