@@ -96,6 +96,8 @@ def test_props_describe_the_served_model(http, vocab):
     props = http.get("/props").json()
     assert props["total_slots"] == 3 and props["chat_template"] == vocab.info.chat_template
     assert props["model_alias"] == "default" and props["model_path"].endswith(".gguf")
+    missing = http.get("/props", params={"model": "nope"})
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
 
 
 @pytest.mark.parametrize("path, body, param", [

@@ -438,21 +438,19 @@ def model_tool(work: Callable) -> Callable:
     return endpoint
 
 
-def props_route(request: Request) -> Response:
-    state: State = request.app.state.llama
-    route = _route_for(state, request.query_params.get("model"))
-    if route is None:
-        return error_response(ErrorKind.MODEL_NOT_FOUND, "no such model", "model")
-    return JSONResponse(llama_server.props(state.registry.get(route.preload), route))
+def model_view(view: Callable) -> Callable:
+    """llama-server's GET /props and /slots: ``view(served, route)`` for the model ``?model=``
+    names (absent: the first)."""
 
+    def endpoint(request: Request) -> Response:
+        state: State = request.app.state.llama
+        model_id = request.query_params.get("model")
+        route = _route_for(state, model_id)
+        if route is None:
+            return error_response(ErrorKind.MODEL_NOT_FOUND, f"the model '{echo(model_id)}' does not exist", "model")
+        return JSONResponse(view(state.registry.get(route.preload), route))
 
-def slots_route(request: Request) -> Response:
-    """llama-server's GET /slots: the sequences of a model's engine (no prompt text is shown)."""
-    state: State = request.app.state.llama
-    route = _route_for(state, request.query_params.get("model"))
-    if route is None:
-        return error_response(ErrorKind.MODEL_NOT_FOUND, "no such model", "model")
-    return JSONResponse(state.registry.get(route.preload).engine.slots())
+    return endpoint
 
 
 def health_route(request: Request) -> Response:
@@ -563,8 +561,9 @@ def create_app(state: State) -> Starlette:
     routes.append(Route("/v1/responses/{id}", stored_response_route, methods=["GET"]))
     routes += [Route("/tokenize", model_tool(llama_server.tokenize), methods=["POST"]),
                Route("/detokenize", model_tool(llama_server.detokenize), methods=["POST"]),
-               Route("/props", props_route, methods=["GET"]),
-               Route("/slots", slots_route, methods=["GET"])]
+               Route("/props", model_view(llama_server.props), methods=["GET"]),
+               # (the sequences of a model's engine; no prompt text is shown)
+               Route("/slots", model_view(lambda served, _route: served.engine.slots()), methods=["GET"])]
     web_ui = state.settings.web_ui
     if web_ui is not None:
         routes.append(Mount("/", StaticFiles(directory=web_ui, html=True), name="web-ui"))

@@ -12,6 +12,8 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import orjson
+
 
 class CompatError(ValueError):
     """A request field of the older API is missing or wrong: a 400 naming it."""
@@ -59,6 +61,24 @@ def field(body: dict, name: str, kind: type | tuple[type, ...], default: Any = N
         expected = " or ".join(_KIND_NAMES[k] for k in kinds if not (k is int and float in kinds))
         raise CompatError(name, f"'{name}' must be {expected}")
     return value
+
+
+def streaming(body: dict) -> dict:
+    """``stream`` as the OpenAI request's fields: a translated stream needs the usage chunk at
+    its end (the APIs here report usage in their last event)."""
+    if field(body, "stream", bool, False):
+        return {"stream": True, "stream_options": {"include_usage": True}}
+    return {}
+
+
+def cached_tokens(usage: dict) -> int:
+    """The prompt tokens an OpenAI answer's usage says were reused from the cache."""
+    return (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+
+
+def typed_event(kind: str, data: dict) -> bytes:
+    """A server-sent event named by its type, the type repeated in its data (Responses', Anthropic's)."""
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
 
 
 def object_body(body: Any, what: str = "the request body") -> dict:

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from llama_host.compat import CompatError, Endpoint, field, object_body
+from llama_host.compat import CompatError, Endpoint, cached_tokens, field, object_body, streaming, typed_event
 
 # Anthropic's error type for each HTTP status its API uses (anything else: api_error).
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -168,9 +168,7 @@ def _conversation(body: dict) -> dict:
         if not all(isinstance(s, str) for s in stop):
             raise CompatError("stop_sequences", "'stop_sequences' must be a list of strings")
         chat["stop"] = stop
-    if field(body, "stream", bool, False):
-        chat["stream"] = True
-        chat["stream_options"] = {"include_usage": True}
+    chat.update(streaming(body))
     return chat
 
 
@@ -183,7 +181,7 @@ def count_request(body: Any) -> dict:
 
 def _usage(usage: dict | None) -> dict:
     usage = usage or {}
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    cached = cached_tokens(usage)
     return {"input_tokens": usage.get("prompt_tokens", 0) - cached, "output_tokens": usage.get("completion_tokens", 0),
             "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
 
@@ -224,9 +222,6 @@ def count_response(_chat: dict, answer: dict, _seconds: float) -> dict:
     return {"input_tokens": answer["prompt_tokens"]}
 
 
-def _sse(kind: str, data: dict) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
-
 
 class MessageStream:
     """Anthropic's events from the chat chunks: ``message_start`` and a ``ping``, then per block
@@ -251,7 +246,7 @@ class MessageStream:
             message = {"id": "msg_" + secrets.token_hex(12), "type": "message", "role": "assistant",
                        "model": chunk.get("model", self.chat.get("model", "")), "content": [], "stop_reason": None,
                        "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
-            out += [_sse("message_start", {"message": message}), _sse("ping", {})]
+            out += [typed_event("message_start", {"message": message}), typed_event("ping", {})]
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
@@ -269,7 +264,7 @@ class MessageStream:
                     out.append(self._start("tool_use", {"type": "tool_use", "id": call["id"],
                                                         "name": function.get("name", ""), "input": {}}))
                 if function.get("arguments") and self.open == "tool_use":
-                    out.append(_sse("content_block_delta", {"index": self.index, "delta": {
+                    out.append(typed_event("content_block_delta", {"index": self.index, "delta": {
                         "type": "input_json_delta", "partial_json": function["arguments"]}}))
             if choice.get("finish_reason"):
                 self.choice = choice
@@ -278,29 +273,29 @@ class MessageStream:
     def _start(self, kind: str, block: dict) -> bytes:
         self.index += 1
         self.open = kind
-        return _sse("content_block_start", {"index": self.index, "content_block": block})
+        return typed_event("content_block_start", {"index": self.index, "content_block": block})
 
     def _block(self, kind: str, block: dict, delta: dict) -> bytes:
         out = b""
         if self.open != kind:
             out += self._close() + self._start(kind, block)
-        return out + _sse("content_block_delta", {"index": self.index, "delta": delta})
+        return out + typed_event("content_block_delta", {"index": self.index, "delta": delta})
 
     def _close(self) -> bytes:
         if self.open is None:
             return b""
         self.open = None
-        return _sse("content_block_stop", {"index": self.index})
+        return typed_event("content_block_stop", {"index": self.index})
 
     def _finish(self) -> bytes:
         stop_reason, stop_sequence = _stop(self.choice)
-        return self._close() + _sse("message_delta", {
+        return self._close() + typed_event("message_delta", {
             "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence}, "usage": _usage(self.usage),
-        }) + _sse("message_stop", {})
+        }) + typed_event("message_stop", {})
 
     def error(self, body: dict) -> bytes:
         error_type = "overloaded_error" if (body.get("error") or {}).get("type") == "server_error" else "api_error"
-        return _sse("error", {"error": {"type": error_type, "message": (body.get("error") or {}).get("message", "")}})
+        return typed_event("error", {"error": {"type": error_type, "message": (body.get("error") or {}).get("message", "")}})
 
 
 ENDPOINTS = [

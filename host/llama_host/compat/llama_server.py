@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from llama_host.compat import CompatError, Endpoint, field, object_body
+from llama_host.compat import CompatError, Endpoint, cached_tokens, field, object_body, streaming
 
 # Keys /completion passes on as they are: the guest reads llama-server's names.
 SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
@@ -51,9 +51,7 @@ def completion_request(body: Any) -> dict:
             out[name] = body[name]
     if (n_probs := field(body, "n_probs", int, 0)) > 0:
         out["logprobs"] = n_probs
-    if field(body, "stream", bool, False):
-        out["stream"] = True
-        out["stream_options"] = {"include_usage": True}
+    out.update(streaming(body))
     return out
 
 
@@ -78,7 +76,7 @@ def _final(request: dict, model: str, content: str, finish: str | None, usage: d
     return {
         "index": 0, "content": content, "tokens": [], "id_slot": -1, "stop": True, "model": model,
         "tokens_predicted": usage.get("completion_tokens", 0), "tokens_evaluated": usage.get("prompt_tokens", 0),
-        "tokens_cached": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
+        "tokens_cached": cached_tokens(usage),
         "generation_settings": _settings(request), "prompt": request["prompt"] if isinstance(request["prompt"], str) else "",
         "has_new_line": "\n" in content, "truncated": False,
         "stop_type": "limit" if finish == "length" else "word" if stop_word else "eos", "stopping_word": stop_word or "",

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from llama_host.compat import CompatError, Endpoint, field, object_body
+from llama_host.compat import CompatError, Endpoint, cached_tokens, field, object_body, streaming, typed_event
 
 STORE_ENTRIES = 1024
 STORE_BYTES = 64 << 20
@@ -208,9 +208,7 @@ def chat_request(body: Any) -> dict:
         chat["response_format"] = fmt
     if (effort := field(field(body, "reasoning", dict, {}), "effort", str)) is not None:
         chat["reasoning_effort"] = effort
-    if field(body, "stream", bool, False):
-        chat["stream"] = True
-        chat["stream_options"] = {"include_usage": True}
+    chat.update(streaming(body))
     chat["_echo"] = {
         "instructions": instructions, "previous_response_id": previous, "store": field(body, "store", bool, True),
         "metadata": field(body, "metadata", dict, {}), "tools": tools or [], "tool_choice": body.get("tool_choice", "auto"),
@@ -241,7 +239,7 @@ def _call_item(call: dict, status: str = "completed") -> dict:
 
 def _usage(usage: dict | None) -> dict:
     usage = usage or {}
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)
+    cached = cached_tokens(usage)
     return {"input_tokens": usage.get("prompt_tokens", 0), "input_tokens_details": {"cached_tokens": cached},
             "output_tokens": usage.get("completion_tokens", 0), "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": usage.get("total_tokens", 0)}
@@ -289,9 +287,6 @@ def response(chat: dict, answer: dict, _seconds: float) -> dict:
     return result
 
 
-def _sse(kind: str, data: dict) -> bytes:
-    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
-
 
 class ResponseStream:
     """The typed events of a streamed response, from the chat chunks: each output item is
@@ -308,7 +303,7 @@ class ResponseStream:
         self.finish: str | None = None
 
     def _send(self, kind: str, **data: Any) -> bytes:
-        out = _sse(kind, {**data, "sequence_number": self.sequence})
+        out = typed_event(kind, {**data, "sequence_number": self.sequence})
         self.sequence += 1
         return out
 

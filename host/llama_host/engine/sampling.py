@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import functools
+import json
 import math
 import threading
 from collections.abc import Mapping
@@ -118,6 +119,7 @@ class Sampler(Resource):
         self._pre, self._grammar, self._post = _chain(pre), grammar, _chain(post)
         self._model = model
         self._triggers = tuple(t.encode() for t in p.grammar_triggers if t)
+        self._longest = max(map(len, self._triggers), default=0)
         self._awaiting = bool(self._triggers)
         self._seen = bytearray()  # waiting: the end of the text, long enough to hold a trigger
         if self._awaiting:
@@ -179,7 +181,7 @@ class Sampler(Resource):
 
     def _watch(self, token: int) -> None:
         """Waiting for a trigger: look for one in the text with ``token``, and start there."""
-        seen, longest = self._seen, max(map(len, self._triggers))
+        seen, longest = self._seen, self._longest
         start = max(0, len(seen) - longest + 1)
         seen += self._model.piece(token, special=True)  # the pieces llama.cpp's grammar matches
         found = [i for t in self._triggers if (i := seen.find(t, start)) >= 0]
@@ -295,8 +297,6 @@ def grammar_from_schemas(schemas: str) -> str:
     """GBNF rules for a JSON object of ``{rule name: JSON schema}`` (the guest's tool calls),
     converted by one converter so the primitive rules they share are written once; each schema
     is checked against the limits first. The rules join a grammar that defines ``root``."""
-    import json
-
     from llama_cpp.llama_grammar import SchemaConverter
 
     mapping = json.loads(schemas)
