@@ -102,8 +102,14 @@ def test_props_describe_the_served_model(http, vocab):
 
 @pytest.mark.parametrize("path, body, param", [
     ("/completion", {}, "prompt"),
-    ("/completion", {"prompt": [1, "mixed"]}, "prompt"),
-    ("/completion", {"prompt": PROMPT, "n_predict": 0}, "n_predict"),
+    ("/completion", {"prompt": [1, None]}, "prompt"),
+    ("/completion", {"prompt": {"prompt_string": 5}}, "prompt"),
+    ("/completion", {"prompt": ["a", [1, {}]]}, "prompt[1]"),
+    ("/completion", {"prompt": []}, "prompt"),
+    ("/infill", {"input_prefix": 5}, "input_prefix"),
+    ("/infill", {"input_extra": [{"text": 1}]}, "input_extra[0]"),
+    ("/embedding", {"content": 5}, "content"),
+    ("/embedding", {"content": "x", "embd_normalize": "2"}, "embd_normalize"),
     ("/completion", {"prompt": PROMPT, "temperature": "hot"}, "temperature"),
     ("/completion", {"prompt": [10 ** 9]}, "prompt"),
     ("/tokenize", {"content": 5}, "content"),
@@ -202,3 +208,146 @@ def test_a_streamed_choice_ends_with_its_timings(server):
         timed = [c for c in chunks if "timings" in c]
         assert len(timed) == 1 and timed[0]["choices"][0]["finish_reason"] == "length", path
         assert timed[0]["timings"]["predicted_n"] == 5 and timed[0]["timings"]["predicted_ms"] > 0
+
+
+# --- prompts: mixed, several, none to generate ---------------------------------------------------
+
+
+def native(http, prompt, n=4, **kw):
+    r = http.post("/completion", json={"prompt": prompt, "n_predict": n, "temperature": 0, **kw})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_a_mixed_prompt_tokenizes_its_strings_in_place(http, vocab):
+    rest = vocab.tokenize(" upon a time", add_bos=False)
+    mixed = native(http, ["Once", *rest])
+    ids = vocab.tokenize("Once") + rest  # a leading string gets the model's BOS
+    assert mixed["tokens_evaluated"] == len(ids) and mixed["content"] == native(http, ids)["content"]
+    led_by_ids = native(http, [*rest, " and then"])  # a leading token id: no BOS
+    assert led_by_ids["tokens_evaluated"] == len(rest) + len(vocab.tokenize(" and then", add_bos=False))
+
+
+def test_several_prompts_give_a_result_each(server, http, vocab):
+    ids = vocab.tokenize("Hello world")
+    given = [PROMPT, ids, {"prompt_string": "The answer"}]
+    alone = [native(http, PROMPT), native(http, ids), native(http, "The answer")]
+    results = native(http, given)
+    assert isinstance(results, list) and [r["index"] for r in results] == [0, 1, 2]
+    assert [r["content"] for r in results] == [a["content"] for a in alone]
+    assert [r["tokens_evaluated"] for r in results] == [len(vocab.tokenize(PROMPT)), len(ids), len(vocab.tokenize("The answer"))]
+    with httpx.stream("POST", server.url + "/completion", json={"prompt": given, "n_predict": 4, "temperature": 0,
+                                                               "stream": True}, timeout=60) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    ends = [e for e in events if e["stop"]]
+    assert sorted(e["index"] for e in ends) == [0, 1, 2] and all(e["tokens_predicted"] == 4 for e in ends)
+    for i, a in enumerate(alone):
+        assert "".join(e["content"] for e in events if not e["stop"] and e["index"] == i) == a["content"]
+
+
+def test_n_predict_0_evaluates_and_caches_the_prompt_only(http, vocab):
+    prompt = "A prompt to warm up the cache with, once"
+    warm = native(http, prompt, 0)
+    n = len(vocab.tokenize(prompt))
+    assert (warm["content"], warm["tokens_predicted"], warm["tokens_evaluated"]) == ("", 0, n)
+    assert warm["stop_type"] == "limit"
+    after = native(http, prompt, 2)
+    assert after["tokens_cached"] == n - 1 and after["tokens_predicted"] == 2  # (the last token is evaluated again)
+
+
+def test_openai_scoring_echo_with_max_tokens_0(http, vocab):
+    """lm-evaluation-harness's loglikelihood: echo the prompt with its logprobs, generate nothing."""
+    args = {"prompt": PROMPT, "echo": True, "logprobs": 1, "temperature": 0}
+    scored = http.post("/v1/completions", json={**args, "max_tokens": 0}).json()
+    choice = scored["choices"][0]
+    assert choice["text"] == PROMPT and scored["usage"]["completion_tokens"] == 0
+    one_more = http.post("/v1/completions", json={**args, "max_tokens": 1}).json()["choices"][0]["logprobs"]
+    n = len(choice["logprobs"]["tokens"])
+    assert n == len(vocab.tokenize(PROMPT)) - 1  # (every token after the BOS, each scored given what precedes it)
+    assert choice["logprobs"]["token_logprobs"] == pytest.approx(one_more["token_logprobs"][:n], abs=1e-4)
+    chat = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "max_tokens": 0})
+    assert chat.status_code == 400 and chat.json()["error"]["param"] == "max_tokens"
+
+
+def test_completions_without_v1_answer_in_the_shape_asked_for(server, http):
+    ours = http.post("/completions", json={"prompt": PROMPT, "n_predict": 4, "temperature": 0}).json()
+    assert ours["content"] == native(http, PROMPT)["content"] and ours["tokens_predicted"] == 4
+    bare = http.post("/completions", json={"prompt": PROMPT, "temperature": 0}).json()  # no model: llama-server's
+    assert "content" in bare
+    import openai
+
+    sdk = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0)  # (no /v1 in the base URL)
+    answer = sdk.completions.create(model="default", prompt=PROMPT, max_tokens=4, temperature=0)
+    assert answer.choices[0].text == ours["content"]
+
+
+# --- embeddings, tokens counted ------------------------------------------------------------------
+
+
+def test_embedding_in_llama_servers_shape(http):
+    openai_vector = http.post("/v1/embeddings", json={"input": "hello world"}).json()["data"][0]["embedding"]
+    got = http.post("/embedding", json={"content": "hello world"}).json()
+    assert [g["index"] for g in got] == [0] and len(got[0]["embedding"]) == 1
+    assert got[0]["embedding"][0] == pytest.approx(openai_vector, abs=1e-6)
+    two = http.post("/embedding", json={"content": ["hello world", "the answer"]}).json()
+    assert [g["index"] for g in two] == [0, 1] and two[0]["embedding"] == got[0]["embedding"]
+    for p, check in ((1, lambda v: sum(abs(x) for x in v)), (0, lambda v: max(abs(x) for x in v)),
+                     (3, lambda v: sum(abs(x) ** 3 for x in v) ** (1 / 3))):
+        v = http.post("/embedding", json={"content": "hello world", "embd_normalize": p}).json()[0]["embedding"][0]
+        assert check(v) == pytest.approx(32760 if p == 0 else 1, rel=1e-5)
+    raw = http.post("/embedding", json={"content": "hello world", "embd_normalize": -1})
+    assert raw.status_code == 501 and raw.json()["error"]["type"] == "not_supported_error"
+
+
+def test_embeddings_without_v1_tells_the_apis_apart_by_body(http):
+    assert "data" in http.post("/embeddings", json={"input": "hello"}).json()  # OpenAI's
+    assert http.post("/embeddings", json={"content": "hello"}).json()[0]["index"] == 0  # llama-server's
+    assert isinstance(http.post("/embeddings", json={"text": "hello"}).json()[0], float)  # llm-api's: the vector
+
+
+def test_input_tokens_count_the_rendered_prompt(http):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
+    run = http.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1}).json()
+    counted = http.post("/v1/chat/completions/input_tokens", json={"messages": messages}).json()
+    assert counted == {"object": "response.input_tokens", "input_tokens": run["usage"]["prompt_tokens"]}
+    responses = http.post("/v1/responses/input_tokens", json={"instructions": "Be brief.", "input": PROMPT}).json()
+    assert responses["input_tokens"] == run["usage"]["prompt_tokens"]
+
+
+# --- /infill -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fim(model_path):
+    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('fim')}", "default", "auto"])
+    with Model(model_path("fim"), vocab_only=True) as m, httpx.Client(base_url=s.url, timeout=60) as client:
+        yield client, m
+    assert s.stop() == 0, s.output
+
+
+def test_infill_lays_out_the_fill_in_the_middle_prompt(fim):
+    http, m = fim
+    t, ids = m.fim_tokens, lambda text: m.tokenize(text, add_bos=False, special=False)
+    body = {"input_prefix": "def hello(", "input_suffix": "):\n    pass\n", "prompt": "na",
+            "input_extra": [{"filename": "util.py", "text": "x = 1"}], "n_predict": 4, "temperature": 0}
+    got = http.post("/infill", json=body)
+    assert got.status_code == 200, got.text
+    # llama-server's README: the repo-level pattern, as the model has repository and file tokens
+    want = [m.info.bos_id, t["rep"], *ids("myproject\n"), t["sep"], *ids("util.py\nx = 1\n"), t["sep"], *ids("filename\n"),
+            t["pre"], *ids("def hello("), t["suf"], *ids("):\n    pass\n"), t["mid"], *ids("na")]
+    assert got.json()["tokens_evaluated"] == len(want)
+    assert got.json()["content"] == native(http, want)["content"]
+
+
+def test_infill_keeps_what_is_near_the_cursor_when_too_long(fim):
+    http, m = fim
+    n_ctx = http.get("/props").json()["default_generation_settings"]["n_ctx"]
+    body = {"input_prefix": "hello world " * n_ctx, "input_suffix": "the answer " * n_ctx, "n_predict": 8}
+    got = http.post("/infill", json=body)
+    assert got.status_code == 200, got.text
+    assert n_ctx // 2 < got.json()["tokens_evaluated"] <= n_ctx - 8 and got.json()["tokens_predicted"] == 8
+
+
+def test_infill_needs_a_model_with_fim_tokens(http):
+    r = http.post("/infill", json={"input_prefix": "def f(", "input_suffix": ")"})
+    assert r.status_code == 501 and r.json()["error"]["type"] == "not_supported_error"

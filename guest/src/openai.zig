@@ -306,9 +306,10 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
         while (it.next()) |e| try md.put(e.key_ptr.*, e.value_ptr.*);
     };
 
-    // OpenAI refuses fewer than 1 token; absent or null: the server's default (--n-predict).
-    // Chat takes both names (max_tokens is the older), and the newer wins.
-    const max_tokens = try request.integer("max_tokens", 1, std.math.maxInt(i32));
+    // Absent or null: the server's default (--n-predict). Chat takes both names (max_tokens is
+    // the older), and the newer wins; at least 1 token, as OpenAI requires. Completions may ask
+    // for 0: the prompt is evaluated (and cached) only, as scoring with echo + logprobs needs.
+    const max_tokens = try request.integer("max_tokens", if (api == .completion) 0 else 1, std.math.maxInt(i32));
     const max_completion_tokens = if (api == .completion) null else try request.integer("max_completion_tokens", 1, std.math.maxInt(i32));
     if (max_completion_tokens orelse max_tokens) |n| try md.put("n-predict", .{ .integer = n });
     if (try request.number("temperature", 0, 2)) |x| try md.put("temp", .{ .float = x });

@@ -22,6 +22,7 @@ class ErrorKind(enum.Enum):
     REQUEST_TIMEOUT = ("invalid_request_error", 408, "request_timeout")
     BODY_TOO_LARGE = ("invalid_request_error", 413, "request_too_large")
     HEADERS_TOO_LARGE = ("invalid_request_error", 431, "request_headers_too_large")
+    NOT_SUPPORTED = ("not_supported_error", 501, "not_supported")  # the model cannot (llama-server's)
     QUEUE_FULL = ("server_error", 503, "queue_full")
     UNAVAILABLE = ("server_error", 503, "unavailable")
     INTERNAL = ("server_error", 500, None)

@@ -60,6 +60,7 @@ class Preset:
     tool_use_template: str | None = None  # the variant for requests with tools (as chat_template)
     rope_freq_base: float = 10000.0
     default_quant: str = "f16"
+    fim: bool = False  # the synthetic vocabulary gains fill-in-the-middle tokens (a code model's)
 
 
 PRESETS: dict[str, Preset] = {
@@ -68,6 +69,9 @@ PRESETS: dict[str, Preset] = {
         # Synthetic SPM vocabulary, under 1 MB: fast unit tests.
         Preset("tiny", "synthetic", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
                n_ctx=2048, chat_template=_CHATML_TEMPLATE, default_quant="f32"),
+        # tiny, as a code model: fill-in-the-middle tokens with repository and file separators.
+        Preset("fim", "synthetic", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
+               n_ctx=2048, default_quant="f32", fim=True),
         # The real Llama-2 (SentencePiece) vocabulary and chat template.
         Preset("spm", "llama-spm", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
                chat_template=_LLAMA2_TEMPLATE),
@@ -104,9 +108,15 @@ _SYNTHETIC_WORDS = (
 ).split()
 
 
-def _synthetic_vocab() -> dict:
-    """A SentencePiece-style vocabulary: specials, 256 byte-fallback tokens, chat markers, and
-    words with all their prefixes (SPM builds a word by merging pieces that are in the vocab)."""
+# Qwen2.5-Coder's names, as the GGUF keys that point at them
+FIM_TOKENS = {"pre": "<|fim_prefix|>", "suf": "<|fim_suffix|>", "mid": "<|fim_middle|>", "rep": "<|repo_name|>",
+              "sep": "<|file_sep|>"}
+
+
+def _synthetic_vocab(fim: bool = False) -> dict:
+    """A SentencePiece-style vocabulary: specials, 256 byte-fallback tokens, chat markers (and
+    with ``fim`` the fill-in-the-middle ones), and words with all their prefixes (SPM builds a
+    word by merging pieces that are in the vocab)."""
     T = gguf.TokenType
     tokens: list[str] = ["<unk>", "<s>", "</s>"]
     types: list[int] = [T.UNKNOWN, T.CONTROL, T.CONTROL]
@@ -114,6 +124,11 @@ def _synthetic_vocab() -> dict:
     types += [T.BYTE] * 256
     tokens += ["<|im_start|>", "<|im_end|>"]
     types += [T.CONTROL, T.CONTROL]
+    fim_ids = {}
+    if fim:
+        fim_ids = {f"tokenizer.ggml.fim_{k}_token_id": (len(tokens) + i, None) for i, k in enumerate(FIM_TOKENS)}
+        tokens += list(FIM_TOKENS.values())
+        types += [T.CONTROL] * len(FIM_TOKENS)
     pieces: dict[str, None] = {}
     for ch in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,!?'\"-:;()\n▁éü日本語":
         pieces[ch] = None
@@ -135,6 +150,7 @@ def _synthetic_vocab() -> dict:
         "tokenizer.ggml.eos_token_id": (2, None),
         "tokenizer.ggml.add_bos_token": (True, None),
         "tokenizer.ggml.add_eos_token": (False, None),
+        **fim_ids,
     }
 
 
@@ -170,7 +186,7 @@ def _write_vocab(writer: gguf.GGUFWriter, vocab: dict) -> int:
 
 def write_model(preset: Preset, path: Path, *, seed: int = 0, dtype: str = "f16") -> Path:
     """Write an unquantized model (``dtype`` f32 or f16; norms are always f32)."""
-    vocab = _synthetic_vocab() if preset.vocab == "synthetic" else _copied_vocab(preset.vocab)
+    vocab = _synthetic_vocab(preset.fim) if preset.vocab == "synthetic" else _copied_vocab(preset.vocab)
     rng = np.random.default_rng(seed)
     np_dtype = np.float32 if dtype == "f32" else np.float16
     head_dim = preset.n_embd // preset.n_head

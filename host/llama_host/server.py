@@ -171,12 +171,15 @@ def compat_route(api: compat.Endpoint) -> Callable:
 
 
 async def _run_compat(request: Request, api: compat.Endpoint, body: bytes) -> Response:
+    state: State = request.app.state.llama
     try:
         translated = api.request(orjson.loads(body))
+        if api.prepare is not None and (route := _route_for(state, translated.get("model"))) is not None:
+            translated = await anyio.to_thread.run_sync(api.prepare, state.registry.get(route.preload), translated)
     except orjson.JSONDecodeError as e:
         return _compat_error(api, ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
     except compat.CompatError as e:
-        return _compat_error(api, ErrorKind.INVALID_REQUEST, str(e), e.param)
+        return _compat_error(api, e.kind, str(e), e.param)
     sent = {k: v for k, v in translated.items() if not k.startswith("_")}  # "_...": the translation's own
     return await run_guest(request, api.command, api.path, orjson.dumps(sent), translation=(api, translated))
 
@@ -191,19 +194,36 @@ def _compat_error(api: compat.Endpoint, kind: ErrorKind, message: str, param: st
 LLM_API_EMBEDDINGS = next(e for e in compat.ENDPOINTS if e.path == "/embeddings")
 
 
+def _parsed(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+
+
 async def embeddings_route(request: Request) -> Response:
-    """``POST /embeddings`` is both OpenAI's (unprefixed) and llm-api's: a body with ``input``
-    is OpenAI's, any other llm-api's (whose body is ``{"text": ...}``)."""
+    """``POST /embeddings`` is OpenAI's (unprefixed), llama-server's and llm-api's: a body with
+    ``input`` is OpenAI's, one with ``content`` llama-server's, any other llm-api's (``{"text"}``)."""
     body = await _request_body(request)
     if isinstance(body, Response):
         return body
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        parsed = None
+    parsed = _parsed(body)
     if isinstance(parsed, dict) and "input" in parsed:
         return await run_guest(request, "embed", "/embeddings", body)
+    if isinstance(parsed, dict) and "content" in parsed:
+        return await _run_compat(request, llama_server.NATIVE_EMBEDDINGS, body)
     return await _run_compat(request, LLM_API_EMBEDDINGS, body)
+
+
+async def completions_route(request: Request) -> Response:
+    """``POST /completions`` is OpenAI's (unprefixed) and llama-server's (its /completion): the
+    rule is llama_server.is_native_completion's."""
+    body = await _request_body(request)
+    if isinstance(body, Response):
+        return body
+    if llama_server.is_native_completion(_parsed(body)):
+        return await _run_compat(request, llama_server.NATIVE_COMPLETIONS, body)
+    return await run_guest(request, "complete", "/completions", body)
 
 
 async def run_guest(
@@ -554,8 +574,9 @@ def create_app(state: State) -> Starlette:
                    Route(prefix + "/models/{model:path}", model_route, methods=["GET"])]
     routes += [Route(f"/v1{path}", guest_route(command, f"/v1{path}"), methods=["POST"]) for path, command in OPENAI_ROUTES]
     routes += [Route(path, guest_route(command, path), methods=["POST"]) for path, command in OPENAI_ROUTES
-               if path != "/embeddings"]
+               if path not in ("/embeddings", "/completions")]  # (shared with other APIs: below)
     routes.append(Route("/embeddings", embeddings_route, methods=["POST"]))
+    routes.append(Route("/completions", completions_route, methods=["POST"]))
     routes += [Route(e.path, compat_route(e), methods=[e.method]) for e in compat.ENDPOINTS if e is not LLM_API_EMBEDDINGS]
     routes.append(Route("/check", lambda _r: JSONResponse("Ok"), methods=["GET"]))  # llm-api's status check
     routes.append(Route("/v1/responses/{id}", stored_response_route, methods=["GET"]))

@@ -14,13 +14,17 @@ from typing import Any, Protocol
 
 import orjson
 
+from llama_host.errors import ErrorKind
+
 
 class CompatError(ValueError):
-    """A request field of the older API is missing or wrong: a 400 naming it."""
+    """A request field of the older API is missing or wrong: a 400 naming it (or the ``kind``
+    given, e.g. a request the model cannot serve)."""
 
-    def __init__(self, param: str, message: str) -> None:
+    def __init__(self, param: str | None, message: str, kind: ErrorKind = ErrorKind.INVALID_REQUEST) -> None:
         super().__init__(message)
         self.param = param
+        self.kind = kind
 
 
 class Stream(Protocol):
@@ -44,6 +48,9 @@ class Endpoint:
     stream: Callable[[dict], Stream] | None = None  # streamed, with state: the OpenAI request -> its Stream
     error: Callable[[int, dict], dict] | None = None  # HTTP status, OpenAI error body -> this API's
     count_tokens: bool = False  # an apply-template answer, given to ``response`` as {"prompt_tokens": n}
+    # the served model, the translated request -> the request completed with what only the model
+    # knows (tokens); run before the guest when the request names a served model
+    prepare: Callable[[Any, dict], dict] | None = None
 
 
 _KIND_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object", bool: "a boolean"}
@@ -79,6 +86,11 @@ def cached_tokens(usage: dict) -> int:
 def typed_event(kind: str, data: dict) -> bytes:
     """A server-sent event named by its type, the type repeated in its data (Responses', Anthropic's)."""
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+def input_tokens(_request: dict, answer: dict, _seconds: float) -> dict:
+    """A token count (of an ``Endpoint`` with ``count_tokens``) as OpenAI's input_tokens answer."""
+    return {"object": "response.input_tokens", "input_tokens": answer["prompt_tokens"]}
 
 
 def object_body(body: Any, what: str = "the request body") -> dict:

@@ -15,36 +15,58 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import orjson
 
-from llama_host.compat import CompatError, Endpoint, cached_tokens, field, object_body, streaming
+from llama_host.compat import CompatError, Endpoint, cached_tokens, field, input_tokens, object_body, streaming
+from llama_host.errors import ErrorKind
 
 # Keys /completion passes on as they are: the guest reads llama-server's names.
 SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
             "frequency_penalty", "seed", "stop", "ignore_eos", "logit_bias", "grammar", "json_schema", "model")
 # Accepted for llama-server's clients; what they ask for is what llama-host does anyway.
 ACCEPTED = ("cache_prompt", "id_slot", "samplers", "return_tokens", "timings_per_token")
+# Keys only llama-server's /completion has: a body with one of them at /completions is llama-server's.
+NATIVE = ("n_predict", "n_probs", "cache_prompt", "id_slot", "samplers", "return_tokens", "timings_per_token",
+          "n_keep", "n_indent", "t_max_predict_ms", "dry_multiplier", "xtc_probability", "typical_p", "mirostat")
 
 
-def _prompt(value: Any) -> str | list:
+def _is_token(t: Any) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool)
+
+
+def _one_prompt(value: Any, where: str) -> str | list:
+    """A string, token ids, a mixed list of both, or ``{"prompt_string": ...}``."""
     if isinstance(value, str):
         return value
-    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+    if isinstance(value, dict):
+        if value.get("multimodal_data"):
+            raise CompatError(where, f"'{where}.multimodal_data': this server serves no multimodal model",
+                              ErrorKind.NOT_SUPPORTED)
+        if not isinstance(value.get("prompt_string"), str):
+            raise CompatError(where, f"'{where}.prompt_string' must be a string")
+        return value["prompt_string"]
+    if isinstance(value, list) and value and all(_is_token(t) or isinstance(t, str) for t in value):
         return value
-    if isinstance(value, list) and value and all(isinstance(p, str) for p in value) and len(value) == 1:
-        return value[0]
-    raise CompatError("prompt", "'prompt' must be a string or a list of token ids")
+    raise CompatError(where, f"'{where}' must be a string, a list of token ids and strings, or an object with 'prompt_string'")
+
+
+def prompts(value: Any) -> list[str | list]:
+    """llama-server's ``prompt``: one prompt, or several (a list whose items are not all token
+    ids and strings mixed: a flat list with a token id in it is one prompt)."""
+    if isinstance(value, list) and value and not any(_is_token(t) for t in value):
+        return [_one_prompt(p, f"prompt[{i}]") for i, p in enumerate(value)]
+    return [_one_prompt(value, "prompt")]
 
 
 def completion_request(body: Any) -> dict:
     body = object_body(body)
     if body.get("prompt") is None:
         raise CompatError("prompt", "'prompt' is required")
-    out: dict = {"prompt": _prompt(body["prompt"])}
+    given = prompts(body["prompt"])
+    out: dict = {"prompt": given[0] if len(given) == 1 else given, "_prompts": given}
     n_predict = field(body, "n_predict", int, -1)
-    if n_predict == 0:
-        raise CompatError("n_predict", "'n_predict' 0 (evaluate the prompt only) is not supported; use /tokenize to count tokens")
-    if n_predict > 0:
+    if n_predict >= 0:  # 0: the prompt is evaluated (and cached) only
         out["max_tokens"] = n_predict
     for name in SAMPLING:
         if body.get(name) is not None:
@@ -53,6 +75,24 @@ def completion_request(body: Any) -> dict:
         out["logprobs"] = n_probs
     out.update(streaming(body))
     return out
+
+
+def tokenize_prompt(model, prompt: str | list, *, special: bool = True) -> list[int]:
+    """A prompt's tokens as llama-server makes them: token ids as given, strings tokenized; BOS
+    (where the model wants one) only when the prompt starts with a string."""
+    if isinstance(prompt, str):
+        return model.tokenize(prompt, special=special)
+    out: list[int] = []
+    for i, part in enumerate(prompt):
+        out += model.tokenize(part, add_bos=None if i == 0 else False, special=special) if isinstance(part, str) else [part]
+    return out
+
+
+def completion_prepare(served, request: dict) -> dict:
+    """Every prompt as token ids: mixed prompts need the model's tokenizer, and each result
+    counts its own prompt's tokens."""
+    ids = [tokenize_prompt(served.model, p) for p in request["_prompts"]]
+    return {**request, "prompt": ids[0] if len(ids) == 1 else ids, "_n_prompt": [len(t) for t in ids]}
 
 
 def _settings(request: dict) -> dict:
@@ -70,54 +110,64 @@ def _probabilities(logprobs: dict | None) -> list[dict]:
     return out
 
 
-def _final(request: dict, model: str, content: str, finish: str | None, usage: dict | None, logprobs: dict | None,
-           stop_word: str | None) -> dict:
+def _final(request: dict, index: int, model: str, content: str, finish: str | None, usage: dict | None,
+           logprobs: dict | None, stop_word: str | None, timings: dict | None) -> dict:
+    """One prompt's result (``timings`` where known: llama-server's own counts come first)."""
     usage = usage or {}
-    return {
-        "index": 0, "content": content, "tokens": [], "id_slot": -1, "stop": True, "model": model,
-        "tokens_predicted": usage.get("completion_tokens", 0), "tokens_evaluated": usage.get("prompt_tokens", 0),
-        "tokens_cached": cached_tokens(usage),
-        "generation_settings": _settings(request), "prompt": request["prompt"] if isinstance(request["prompt"], str) else "",
+    given = request["_prompts"][index]
+    n_prompt = request["_n_prompt"][index] if "_n_prompt" in request else usage.get("prompt_tokens", 0)
+    cached = timings["cache_n"] if timings and "cache_n" in timings else cached_tokens(usage) if index == 0 else 0
+    out = {
+        "index": index, "content": content, "tokens": [], "id_slot": -1, "stop": True, "model": model,
+        "tokens_predicted": timings["predicted_n"] if timings else usage.get("completion_tokens", 0),
+        "tokens_evaluated": n_prompt, "tokens_cached": cached,
+        "generation_settings": _settings(request), "prompt": given if isinstance(given, str) else "",
         "has_new_line": "\n" in content, "truncated": False,
         "stop_type": "limit" if finish == "length" else "word" if stop_word else "eos", "stopping_word": stop_word or "",
         **({"completion_probabilities": _probabilities(logprobs)} if "logprobs" in request else {}),
     }
+    return {**out, "timings": timings} if timings else out
 
 
-def completion_response(request: dict, answer: dict, _seconds: float) -> dict:
-    choice = answer["choices"][0]
-    final = _final(request, answer["model"], choice["text"], choice["finish_reason"], answer.get("usage"),
-                   choice.get("logprobs"), choice.get("stop_word"))
-    return {**final, "timings": answer["timings"]} if "timings" in answer else final
+def completion_response(request: dict, answer: dict, _seconds: float) -> dict | list[dict]:
+    """One result, or a list of them (one per prompt) when the request had several prompts."""
+    results = []
+    for choice in answer["choices"]:  # (n is 1 here: one choice per prompt, in order)
+        i = choice["index"]
+        timings = answer.get("timings") if i == 0 else None  # (the answer's are its first choice's)
+        usage = answer.get("usage") if len(answer["choices"]) == 1 else None
+        results.append(_final(request, i, answer["model"], choice["text"], choice["finish_reason"], usage,
+                              choice.get("logprobs"), choice.get("stop_word"), timings))
+    return results[0] if len(results) == 1 else results
 
 
 class CompletionStream:
-    """llama-server's stream: ``data: {"content": piece, "stop": false}`` per piece, then the
-    whole answer's fields with ``stop: true`` (no ``[DONE]``)."""
+    """llama-server's stream: ``data: {"content": piece, "stop": false, "index": i}`` per piece,
+    then each prompt's result with ``stop: true`` (no ``[DONE]``)."""
 
     def __init__(self, request: dict) -> None:
         self.request = request
         self.model = request.get("model", "")
-        self.finish: str | None = None
-        self.stop_word: str | None = None
+        self.ends: dict[int, tuple[str | None, str | None, dict | None]] = {}  # index -> finish, stop word, timings
         self.usage: dict | None = None
-        self.timings: dict | None = None  # the last chunk's
 
     def event(self, payload: bytes) -> bytes:
         if payload == b"[DONE]":
-            final = _final(self.request, self.model, "", self.finish, self.usage, None, self.stop_word)
-            return _data({**final, "timings": self.timings} if self.timings else final)
+            single = len(self.request["_prompts"]) == 1
+            return b"".join(_data(_final(self.request, i, self.model, "", finish, self.usage if single else None, None,
+                                         stop_word, timings))
+                            for i, (finish, stop_word, timings) in sorted(self.ends.items()))
         chunk = orjson.loads(payload)
         self.model = chunk.get("model", self.model)
-        self.timings = chunk.get("timings", self.timings)
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         out = b""
         for choice in chunk.get("choices") or []:
+            i = choice.get("index", 0)
             if choice.get("finish_reason"):
-                self.finish, self.stop_word = choice["finish_reason"], choice.get("stop_word")
+                self.ends[i] = (choice["finish_reason"], choice.get("stop_word"), chunk.get("timings"))
             if choice.get("text"):
-                piece = {"index": 0, "content": choice["text"], "tokens": [], "stop": False, "id_slot": -1}
+                piece = {"index": i, "content": choice["text"], "tokens": [], "stop": False, "id_slot": -1}
                 if "logprobs" in self.request:
                     piece["completion_probabilities"] = _probabilities(choice.get("logprobs"))
                 out += _data(piece)
@@ -175,4 +225,119 @@ def props(served, route) -> dict:
     }
 
 
-ENDPOINTS = [Endpoint("/completion", "POST", "complete", completion_request, completion_response, stream=CompletionStream)]
+# --- /infill: fill in the middle ----------------------------------------------------------------
+
+
+def infill_request(body: Any) -> dict:
+    """``input_prefix``, ``input_suffix``, ``input_extra`` ([{filename, text}]) and ``prompt``
+    (written after the middle token), with every /completion option; the prompt's tokens are
+    laid out by :func:`infill_prepare`."""
+    body = object_body(body)
+    parts = {name: field(body, name, str, "") for name in ("input_prefix", "input_suffix")}
+    extra = field(body, "input_extra", list, [])
+    for i, chunk in enumerate(extra):
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("text"), str) or not isinstance(chunk.get("filename", ""), str):
+            raise CompatError(f"input_extra[{i}]", f"'input_extra[{i}]' must be an object with a string 'text' (and 'filename')")
+    after = field(body, "prompt", str, "")
+    out = completion_request({**body, "prompt": after})
+    return {**out, "_infill": {**parts, "extra": extra}}
+
+
+def infill_prepare(served, request: dict) -> dict:
+    """The fill-in-the-middle prompt, as llama-server's README lays it out: with repository and
+    file-separator tokens, ``<REP>myproject\n`` and ``<SEP>{filename}\n{text}`` per extra chunk,
+    ``<SEP>filename\n``; without them the chunks' text first; then ``<PRE>prefix<SUF>suffix<MID>``
+    and the prompt. The user's code is not parsed for special tokens. A prefix and suffix too long
+    for the context keep what is nearest the cursor (prefix 3/4 of the room, suffix 1/4)."""
+    model, fim = served.model, served.model.fim_tokens
+    if not {"pre", "suf", "mid"} <= fim.keys():
+        raise CompatError(None, "this model has no fill-in-the-middle tokens: /infill needs a code model that has them",
+                          ErrorKind.NOT_SUPPORTED)
+    parts = request["_infill"]
+
+    def text(t: str) -> list[int]:
+        return model.tokenize(t, add_bos=False, special=False) if t else []
+
+    head: list[int] = [model.info.bos_id] if model.info.add_bos and model.info.bos_id is not None else []
+    repo = "rep" in fim and "sep" in fim
+    if repo:
+        head += [fim["rep"], *text("myproject\n")]
+    for chunk in parts["extra"]:
+        body = chunk.get("filename", "") + "\n" + chunk["text"] if repo else chunk["text"]
+        head += ([fim["sep"]] if repo else []) + text(body if body.endswith("\n") else body + "\n")
+    if repo:
+        head += [fim["sep"], *text("filename\n")]
+    prefix, suffix, after = text(parts["input_prefix"]), text(parts["input_suffix"]), text(request["_prompts"][0])
+    n_predict = request.get("max_tokens", -1)
+    room = served.engine.n_ctx_seq - len(head) - len(after) - 3 - (n_predict if n_predict >= 0 else served.engine.n_ctx_seq // 4)
+    if len(prefix) + len(suffix) > room:
+        keep_suffix = min(len(suffix), max(0, room // 4))
+        suffix, prefix = suffix[:keep_suffix], prefix[len(prefix) - max(0, room - keep_suffix):]
+    tokens = [*head, fim["pre"], *prefix, fim["suf"], *suffix, fim["mid"], *after]
+    return {**request, "prompt": tokens, "_n_prompt": [len(tokens)]}
+
+
+# --- embeddings, in llama-server's shape ---------------------------------------------------------
+
+
+def embedding_request(body: Any) -> dict:
+    """``/embedding``'s ``content`` (or, at /embeddings, ``input``: see the server's rule): a text,
+    token ids, or a list of them. Pooled embeddings, normalised as ``embd_normalize`` says (2,
+    Euclidean, by default; 0 max absolute, scaled to int16's range; 1 taxicab; p > 2 the p-norm);
+    the model's own scale (-1) is not kept: the guest's embeddings are unit vectors."""
+    body = object_body(body)
+    content = body.get("content", body.get("input"))
+    if not isinstance(content, (str, list)) or content == []:
+        raise CompatError("content", "'content' must be a string, token ids, or a list of them")
+    norm = field(body, "embd_normalize", int, 2)
+    if norm < 0:
+        raise CompatError("embd_normalize", "'embd_normalize' -1 (unnormalised) is not supported; 0, 1, 2 or a p > 2 are",
+                          ErrorKind.NOT_SUPPORTED)
+    given = prompts(content)
+    return {"input": given[0] if len(given) == 1 else given, "_normalize": norm,
+            **({"model": body["model"]} if "model" in body else {})}
+
+
+def embedding_prepare(served, request: dict) -> dict:
+    ids = [tokenize_prompt(served.model, p) for p in prompts(request["input"])]
+    return {**request, "input": ids[0] if len(ids) == 1 else ids}
+
+
+def _normalized(vector: list[float], p: int) -> list[float]:
+    v = np.asarray(vector, dtype=np.float64)
+    scale = {0: np.abs(v).max() / 32760.0, 1: np.abs(v).sum(), 2: np.linalg.norm(v)}.get(p)
+    if scale is None:
+        scale = (np.abs(v) ** p).sum() ** (1.0 / p)
+    return (v / scale if scale > 0 else v).tolist()
+
+
+def embedding_response(request: dict, answer: dict, _seconds: float) -> list[dict]:
+    return [{"index": d["index"], "embedding": [_normalized(d["embedding"], request["_normalize"])]} for d in answer["data"]]
+
+
+# --- token counting ----------------------------------------------------------------------------
+
+
+def input_tokens_request(body: Any) -> dict:
+    """``/v1/chat/completions/input_tokens``: a chat request whose prompt is counted, not run."""
+    return {**object_body(body), "stream": False}
+
+
+ENDPOINTS = [
+    Endpoint("/completion", "POST", "complete", completion_request, completion_response, stream=CompletionStream,
+             prepare=completion_prepare),
+    Endpoint("/infill", "POST", "complete", infill_request, completion_response, stream=CompletionStream,
+             prepare=infill_prepare),
+    Endpoint("/embedding", "POST", "embed", embedding_request, embedding_response, prepare=embedding_prepare),
+    Endpoint("/v1/chat/completions/input_tokens", "POST", "apply-template", input_tokens_request, input_tokens,
+             count_tokens=True),
+]
+# Served at /completions and /embeddings when the body is llama-server's (llama_host.server).
+NATIVE_COMPLETIONS = ENDPOINTS[0]
+NATIVE_EMBEDDINGS = ENDPOINTS[2]
+
+
+def is_native_completion(body: Any) -> bool:
+    """A /completions body is llama-server's when it has a key only llama-server's has, or no
+    ``model`` (OpenAI's clients always send one); otherwise it is OpenAI's."""
+    return isinstance(body, dict) and (any(k in body for k in NATIVE) or "model" not in body)

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from llama_host.compat import CompatError, Endpoint, cached_tokens, field, object_body, streaming, typed_event
+from llama_host.compat import CompatError, Endpoint, cached_tokens, field, input_tokens, object_body, streaming, typed_event
 
 STORE_ENTRIES = 1024
 STORE_BYTES = 64 << 20
@@ -408,5 +408,6 @@ def retrieve(response_id: str) -> dict | None:
 
 
 # (also without /v1, as llama-server serves it)
-ENDPOINTS = [Endpoint(path, "POST", "chat", chat_request, response, stream=ResponseStream)
-             for path in ("/v1/responses", "/responses")]
+ENDPOINTS = [*(Endpoint(path, "POST", "chat", chat_request, response, stream=ResponseStream)
+               for path in ("/v1/responses", "/responses")),
+             Endpoint("/v1/responses/input_tokens", "POST", "apply-template", chat_request, input_tokens, count_tokens=True)]

@@ -360,13 +360,16 @@ class Engine(Resource):
     def _update(self, slot: _Slot) -> None:
         """Sample the slot's next token and deliver it, or finish the request."""
         handle, request = slot.handle, slot.handle.request
-        token = slot.sampler.sample(self.ctx, slot.batch_index)
         now = time.monotonic()
         if slot.first_token_at is None:
             slot.first_token_at = now
             if slot.prompt_logprobs is not None:
                 handle.prompt_logprobs = tuple(slot.prompt_logprobs)
             self._stats.add(ttft_seconds_sum=now - handle.submitted, ttft_count=1)
+        if request.max_tokens == 0:  # the prompt only: evaluated, cached (and scored), nothing drawn
+            self._finish(slot, FinishReason.LENGTH)
+            return
+        token = slot.sampler.sample(self.ctx, slot.batch_index)
         if self.model.is_eog(token) and (not request.ignore_eos or slot.sampler.exhausted):  # grammar complete
             self._finish(slot, FinishReason.STOP)
             return

@@ -263,6 +263,15 @@ class Model(Resource):
         """Every end-of-generation token (EOS, EOT, <|im_end|>, ...), for ignore_eos."""
         return tuple(t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t))
 
+    @functools.cached_property
+    def fim_tokens(self) -> dict[str, int]:
+        """The fill-in-the-middle tokens the vocabulary has (llama.cpp finds them by GGUF key or by
+        their usual texts): of ``pre``, ``suf``, ``mid``, ``rep`` (repository) and ``sep`` (file)."""
+        found = {"pre": C.llama_vocab_fim_pre, "suf": C.llama_vocab_fim_suf, "mid": C.llama_vocab_fim_mid,
+                 "rep": C.llama_vocab_fim_rep, "sep": C.llama_vocab_fim_sep}
+        ids = {name: get(self.vocab) for name, get in found.items()}
+        return {name: t for name, t in ids.items() if 0 <= t < self.n_vocab}
+
     def is_eog(self, token: int) -> bool:
         """End of generation: EOS, EOT, and whatever else the vocabulary marks so."""
         return bool(C.llama_vocab_is_eog(self.vocab, token))
