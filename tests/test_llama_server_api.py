@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from live import Server
+from llama_host.engine import slot_file
 from llama_host.engine.model import Model
 
 PROMPT = "Once upon a time"
@@ -319,7 +320,7 @@ def test_input_tokens_count_the_rendered_prompt(http):
 
 @pytest.fixture(scope="module")
 def fim(model_path):
-    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('fim')}", "default", "auto"])
+    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('fim')}", "--no-slots", "default", "auto"])
     with Model(model_path("fim"), vocab_only=True) as m, httpx.Client(base_url=s.url, timeout=60) as client:
         yield client, m
     assert s.stop() == 0, s.output
@@ -351,3 +352,116 @@ def test_infill_keeps_what_is_near_the_cursor_when_too_long(fim):
 def test_infill_needs_a_model_with_fim_tokens(http):
     r = http.post("/infill", json={"input_prefix": "def f(", "input_suffix": ")"})
     assert r.status_code == 501 and r.json()["error"]["type"] == "not_supported_error"
+
+
+def test_no_slots_turns_the_slots_endpoints_off(fim):
+    http, _m = fim
+    for r in (http.get("/slots"), http.post("/slots/0?action=erase")):
+        assert r.status_code == 501 and r.json()["error"]["type"] == "not_supported_error"
+
+
+# --- slot actions --------------------------------------------------------------------------------
+
+
+def test_erase_empties_a_slots_cache(http):
+    native(http, "Erase me once upon a time", 3)
+    slot = max(http.get("/slots").json(), key=lambda s: s["n_cached"])
+    erased = http.post(f"/slots/{slot['id']}?action=erase").json()
+    assert erased == {"id_slot": slot["id"], "n_erased": slot["n_cached"]}
+    assert http.get("/slots").json()[slot["id"]]["n_cached"] == 0
+
+
+@pytest.mark.parametrize("url, body, status, param", [
+    ("/slots/0?action=bogus", None, 400, "action"),
+    ("/slots/0", None, 400, "action"),
+    ("/slots/99?action=erase", None, 400, "id_slot"),
+    ("/slots/x?action=erase", None, 400, "id_slot"),
+    ("/slots/0?action=erase&model=nope", None, 404, "model"),
+    ("/slots/0?action=save", {"filename": "a.bin"}, 501, None),
+])
+def test_bad_slot_actions_are_refused(server, http, url, body, status, param):
+    r = http.post(url, json=body)
+    assert (r.status_code, r.json()["error"]["param"]) == (status, param), r.text
+    assert server.healthy()
+
+
+@pytest.fixture(scope="module")
+def saver(model_path, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("slots")
+    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('tiny')}", "--parallel", "2", "--slot-save-path", str(folder),
+                "--cors-origins", "*", "default", "auto"])
+    with httpx.Client(base_url=s.url, timeout=60) as client:
+        yield s, client, folder
+    assert s.stop() == 0, s.output
+
+
+def test_a_saved_slot_restores_to_the_same_greedy_text(saver, vocab):
+    _s, http, folder = saver
+    prompt = "Saved and restored, once upon a time there was"
+    fresh = native(http, prompt, 12)
+    slot = max(http.get("/slots").json(), key=lambda s: s["n_cached"])
+    saved = http.post(f"/slots/{slot['id']}?action=save", json={"filename": "conv.bin"}).json()
+    assert saved["n_saved"] == slot["n_cached"] > len(vocab.tokenize(prompt))
+    assert saved["n_written"] == (folder / "conv.bin").stat().st_size and saved["timings"]["save_ms"] >= 0
+    for s in http.get("/slots").json():
+        http.post(f"/slots/{s['id']}?action=erase")
+    other = 1 - slot["id"]
+    restored = http.post(f"/slots/{other}?action=restore", json={"filename": "conv.bin"}).json()
+    assert (restored["id_slot"], restored["n_restored"], restored["n_read"]) == (other, saved["n_saved"], saved["n_written"])
+    again = native(http, prompt, 12)
+    assert again["tokens_cached"] == again["tokens_evaluated"] - 1  # all but the last prompt token came from the file
+    assert again["content"] == fresh["content"]
+
+
+def test_hostile_slot_files_are_refused_and_it_keeps_serving(saver):
+    s, http, folder = saver
+    native(http, "A slot to save", 4)
+    slot = max(http.get("/slots").json(), key=lambda x: x["n_cached"])["id"]
+    assert http.post(f"/slots/{slot}?action=save", json={"filename": "good.bin"}).status_code == 200
+    good = (folder / "good.bin").read_bytes()
+    (folder / "truncated.bin").write_bytes(good[: len(good) // 2])
+    (folder / "header.bin").write_bytes(good[:12])
+    (folder / "random.bin").write_bytes(bytes(range(256)) * 64)
+    (folder / "flipped.bin").write_bytes(good[:40] + bytes(b ^ 0xFF for b in good[40:200]) + good[200:])
+    (folder / "empty.bin").write_bytes(b"")
+    before = http.get("/slots").json()[slot]["n_cached"]
+    for name in ("truncated.bin", "header.bin", "random.bin", "flipped.bin", "empty.bin"):
+        r = http.post(f"/slots/{slot}?action=restore", json={"filename": name})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "filename", (name, r.text)
+        assert s.healthy() and http.get("/slots").json()[slot]["n_cached"] == before  # (refused before reading)
+    # intact files (their digest matches) whose KV state llama.cpp itself must refuse: the slot is left empty
+    tokens, state, _n = slot_file.read(str(folder / "good.bin"), 1 << 30)
+    bad_states = {"cut": state[: len(state) // 2], "garbage": bytes(range(256)) * 16, "none": b"",
+                  "scrambled": state[:8] + bytes(b ^ 0x5A for b in state[8:64]) + state[64:],
+                  "longer": state + b"\0" * 64, "too many tokens": state}
+    for what, bad in bad_states.items():
+        slot_file.write(str(folder / "bad.bin"), tokens * (10_000 if what == "too many tokens" else 1), bad)
+        r = http.post(f"/slots/{slot}?action=restore", json={"filename": "bad.bin"})
+        assert s.healthy(), (what, s.output)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "filename", (what, r.text)
+        assert http.get("/slots").json()[slot]["n_cached"] == 0
+    for name in ("../good.bin", ".hidden", "", "a/b", 5, None, "x" * 300):
+        r = http.post(f"/slots/{slot}?action=save", json={"filename": name})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "filename", (name, r.text)
+    assert http.post(f"/slots/{slot}?action=restore", json={"filename": "missing.bin"}).status_code == 404
+    assert native(http, "Still serving", 3)["tokens_predicted"] == 3
+
+
+def test_a_busy_slot_is_not_touched(saver):
+    s, http, _folder = saver
+    with httpx.stream("POST", s.url + "/completion", json={"prompt": PROMPT, "n_predict": 4000, "stream": True,
+                                                         "ignore_eos": True}, timeout=60) as r:
+        next(r.iter_lines())
+        busy = next(x for x in http.get("/slots").json() if x["is_processing"])
+        refused = http.post(f"/slots/{busy['id']}?action=erase")
+        assert refused.status_code == 503 and refused.json()["error"]["param"] == "id_slot"
+
+
+def test_cors_star_reflects_the_origin_with_credentials(saver):
+    _s, http, _folder = saver
+    r = http.get("/props", headers={"Origin": "https://anywhere.example"})
+    assert r.headers["access-control-allow-origin"] == "https://anywhere.example"
+    assert r.headers["access-control-allow-credentials"] == "true"
+    pre = http.options("/completion", headers={"Origin": "http://10.0.0.5:3000", "Access-Control-Request-Method": "POST",
+                                               "Access-Control-Request-Headers": "content-type"})
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://10.0.0.5:3000"

@@ -103,6 +103,9 @@ def serve(
     api_key: Annotated[Optional[str], typer.Option(envvar="API_KEY", help="Require 'Authorization: Bearer KEY' on /v1.")] = None,
     cors_origins: Annotated[Optional[str], typer.Option(help="Allowed CORS origins, comma-separated ('*' for any, 'localhost' for this machine's on any port).")] = None,
     web_ui: Annotated[Optional[Path], typer.Option(help="Serve this folder's static files at /.")] = None,
+    slots: Annotated[bool, typer.Option("--slots/--no-slots", help="llama-server's /slots endpoints (slot state and actions).")] = True,
+    slot_save_path: Annotated[Optional[Path], typer.Option(
+        help="A folder for /slots/{id}?action=save|restore files (without it those actions are off).")] = None,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (413 past it).")] = 16 << 20,
     timeout_head: Annotated[float, typer.Option(
         help="Seconds a client may take to send a request line and headers (408 past it; also an idle new connection).")] = 10.0,
@@ -140,6 +143,8 @@ def serve(
     positive("--n-gpu-layers", n_gpu_layers, 0)
     if web_ui is not None and not web_ui.is_dir():
         raise UsageError(f"--web-ui: {web_ui} is not a folder")
+    if slot_save_path is not None and not slot_save_path.is_dir():
+        raise UsageError(f"--slot-save-path: {slot_save_path} is not a folder")
     try:
         preloads = parse_preloads(nn_preload) if nn_preload else [demo_preload()]
     except PreloadError as e:
@@ -164,7 +169,7 @@ def serve(
 
     origins = tuple(o.strip() for o in (cors_origins or "").split(",") if o.strip())
     settings = Settings(api_key=api_key or None, cors_origins=origins, max_body_bytes=max_body_bytes, web_ui=web_ui,
-                        worker_threads=parallel + queue_size + 8,
+                        worker_threads=parallel + queue_size + 8, slots=slots, slot_save_path=slot_save_path,
                         info={"ctx_size": ctx_size, "batch_size": batch_size, "parallel": parallel,
                               "queue_size": queue_size, "prompt_template": prompt_template, "defaults": defaults,
                               "reasoning_format": reasoning_format,

@@ -82,6 +82,23 @@ class EngineClosed(HostError):
         super().__init__("the model is shutting down")
 
 
+class SlotBusy(HostError):
+    """A slot action on a sequence that is serving a request (retry when it is done)."""
+
+    kind = ErrorKind.UNAVAILABLE
+    param = "id_slot"
+
+    def __init__(self, seq_id: int) -> None:
+        super().__init__(f"slot {seq_id} is processing a request; retry when it is idle")
+
+
+class SlotStateError(HostError):
+    """A slot's KV state that llama.cpp could not write, or a file it would not read."""
+
+    kind = ErrorKind.INVALID_REQUEST
+    param = "filename"
+
+
 class EngineFailure(HostError):
     kind = ErrorKind.INTERNAL
 

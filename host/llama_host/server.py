@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hmac
 import logging
+import os
 import re
 import secrets
 import time
@@ -34,7 +35,7 @@ from llama_host import __version__, compat
 from llama_host.bridge.wasi_nn import LLAMA_BUILD
 from llama_host.compat import llama_server, responses
 from llama_host.engine import Cancellation
-from llama_host.errors import ErrorKind, error_body
+from llama_host.errors import ErrorKind, HostError, error_body
 from llama_host.metrics import Metrics
 from llama_host.registry import ModelRegistry
 from llama_host.serving import Reply, Serving
@@ -65,6 +66,8 @@ class Settings:
     max_body_bytes: int = 16 << 20
     web_ui: Path | None = None
     worker_threads: int = 64  # guest runs at once (waiting ones mostly sleep in the engine queue)
+    slots: bool = True  # llama-server's /slots (--no-slots: off)
+    slot_save_path: Path | None = None  # where /slots/{id}?action=save|restore keep files
     info: dict = dataclasses.field(default_factory=dict)  # settings shown by /v1/info
 
 
@@ -473,6 +476,52 @@ def model_view(view: Callable) -> Callable:
     return endpoint
 
 
+def slots_disabled(request: Request) -> Response:
+    return error_response(ErrorKind.NOT_SUPPORTED, "this server's slots endpoint is off (--no-slots)")
+
+
+# A slot file's name: one path component, no hidden files.
+SLOT_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
+
+
+async def slot_action_route(request: Request) -> Response:
+    """``POST /slots/{id}?action=erase|save|restore`` (body ``{"filename"}`` to save or restore,
+    a file in --slot-save-path), as llama-server; ``?model=`` picks the model (absent: the first)."""
+    state: State = request.app.state.llama
+    route = _route_for(state, request.query_params.get("model"))
+    if route is None:
+        return error_response(ErrorKind.MODEL_NOT_FOUND, f"the model '{echo(request.query_params.get('model'))}' does not exist", "model")
+    action = request.query_params.get("action", "")
+    if action not in ("erase", "save", "restore"):
+        return error_response(ErrorKind.INVALID_REQUEST, f"'action' must be erase, save or restore, not '{echo(action)}'", "action")
+    try:
+        seq_id = int(request.path_params["id"])
+    except ValueError:
+        return error_response(ErrorKind.INVALID_REQUEST, f"the slot id must be an integer, not '{echo(request.path_params['id'])}'", "id_slot")
+    path = None
+    if action in ("save", "restore"):
+        if state.settings.slot_save_path is None:
+            return error_response(ErrorKind.NOT_SUPPORTED, "saving and restoring slots needs --slot-save-path")
+        body = await _request_body(request)
+        if isinstance(body, Response):
+            return body
+        parsed = _parsed(body)
+        name = parsed.get("filename") if isinstance(parsed, dict) else None
+        if not isinstance(name, str) or not SLOT_FILE.fullmatch(name):
+            return error_response(ErrorKind.INVALID_REQUEST, "'filename' must be a file name (letters, digits, '_', '-', '.'; "
+                                  "no folders, not starting with '.')", "filename")
+        path = str(state.settings.slot_save_path / name)
+        if action == "restore" and not os.path.isfile(path):
+            return error_response(ErrorKind.NOT_FOUND, f"no slot file '{name}' in --slot-save-path", "filename")
+    engine = state.registry.get(route.preload).engine
+    try:
+        return JSONResponse(await anyio.to_thread.run_sync(engine.slot_action, seq_id, action, path))
+    except ValueError as e:  # (no such slot)
+        return error_response(ErrorKind.INVALID_REQUEST, str(e), "id_slot")
+    except HostError as e:
+        return error_response(e.kind, str(e), e.param)
+
+
 def health_route(request: Request) -> Response:
     return JSONResponse({"status": "ok"})  # the server listens once its models are loaded
 
@@ -584,7 +633,9 @@ def create_app(state: State) -> Starlette:
                Route("/detokenize", model_tool(llama_server.detokenize), methods=["POST"]),
                Route("/props", model_view(llama_server.props), methods=["GET"]),
                # (the sequences of a model's engine; no prompt text is shown)
-               Route("/slots", model_view(lambda served, _route: served.engine.slots()), methods=["GET"])]
+               Route("/slots", model_view(lambda served, _route: served.engine.slots()) if state.settings.slots
+                     else slots_disabled, methods=["GET"]),
+               Route("/slots/{id}", slot_action_route if state.settings.slots else slots_disabled, methods=["POST"])]
     web_ui = state.settings.web_ui
     if web_ui is not None:
         routes.append(Mount("/", StaticFiles(directory=web_ui, html=True), name="web-ui"))
@@ -593,9 +644,13 @@ def create_app(state: State) -> Starlette:
     middleware = [Middleware(RequestIdMiddleware), Middleware(ApiKeyMiddleware, api_key=state.settings.api_key)]
     if state.settings.cors_origins:
         # outermost, so preflight and 401s carry the CORS headers too
-        origins = [o for o in state.settings.cors_origins if o != "localhost"]
-        local = LOCAL_ORIGINS if "localhost" in state.settings.cors_origins else None
-        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=local,
+        # '*' as llama-server has it: any Origin is reflected, credentials allowed (a browser
+        # refuses a literal '*' to a request that sends them)
+        given = state.settings.cors_origins
+        origins = [o for o in given if o not in ("localhost", "*")]
+        regex = ".*" if "*" in given else LOCAL_ORIGINS if "localhost" in given else None
+        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=regex,
+                                        allow_credentials=True,
                                         allow_methods=["GET", "POST", "PUT", "OPTIONS"],
                                         allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
                                         expose_headers=[REQUEST_ID]))

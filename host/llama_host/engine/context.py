@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 from llama_host.engine import lib
@@ -140,6 +141,23 @@ class Context(Resource):
         caller removes). Whole sequences only: llama.cpp copies a sequence between the streams
         of a non-unified cache only whole (and aborts on a part)."""
         C.llama_memory_seq_cp(self._memory, src, dst, -1, -1)
+
+    def sequence_state(self, seq_id: int) -> bytes:
+        """A sequence's KV cells, as llama.cpp serialises them (b"" when it cannot)."""
+        size = C.llama_state_seq_get_size(self.ptr, seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        n = C.llama_state_seq_get_data(self.ptr, buf, size, seq_id)
+        return bytes(buf[:n])
+
+    def set_sequence_state(self, seq_id: int, state: bytes) -> bool:
+        """Load what ``sequence_state`` gave into sequence ``seq_id`` (which should be empty).
+        From a buffer, not llama.cpp's file API: a short read of a buffer is an exception
+        llama.cpp catches, of its files an assertion that aborts. False when it refuses, or
+        reads less than all of it (then it was not one sequence's state)."""
+        if not state:
+            return False
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        return C.llama_state_seq_set_data(self.ptr, buf, len(state), seq_id) == len(state)
 
     def pos_min(self, seq_id: int) -> int:
         """The smallest position the memory holds for a sequence (-1: none)."""

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
+import os
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 
-from llama_host.engine import lib
+from llama_host.engine import lib, slot_file
 from llama_host.engine.context import Batch, Context, DecodeError
 from llama_host.engine.logprobs import TokenLogprob, logits_at, token_logprob
 from llama_host.engine.model import Model
@@ -24,7 +28,7 @@ from llama_host.engine.request import FinishReason, GenerationRequest, RequestHa
 from llama_host.engine.sampling import Sampler
 from llama_host.engine.stats import EngineStats, StatsRecorder
 from llama_host.engine.text import TextStream
-from llama_host.errors import EngineClosed, EngineFailure, HostError, PromptTooLong, QueueFull
+from llama_host.errors import EngineClosed, EngineFailure, HostError, PromptTooLong, QueueFull, SlotBusy, SlotStateError
 from llama_host.resource import Resource
 
 log = logging.getLogger(__name__)
@@ -152,6 +156,8 @@ class Engine(Resource):
         self._batch = Batch(self.ctx.n_batch)
         self._slots = [_Slot(i) for i in range(config.parallel)]
         self._waiting: collections.deque[RequestHandle] = collections.deque()
+        # work on the context from other threads (slot actions), run by the scheduler between steps
+        self._controls: collections.deque[tuple[Callable[[], dict], Future]] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
         self._stats = StatsRecorder()
@@ -199,6 +205,23 @@ class Engine(Resource):
         return [{"id": s.seq_id, "is_processing": s.busy, "n_ctx": self.n_ctx_seq, "n_cached": len(s.cached),
                  "n_prompt_tokens": s.n_prompt, "n_decoded": s.n_generated} for s in self._slots]
 
+    def slot_action(self, seq_id: int, action: str, path: str | None = None) -> dict:
+        """llama-server's slot actions on an idle sequence, answered in its shapes: ``erase`` its
+        cache, ``save`` it to the file ``path`` or ``restore`` it from one. Raises SlotBusy,
+        SlotStateError, EngineClosed; ValueError for an unknown slot or action."""
+        if not 0 <= seq_id < len(self._slots):
+            raise ValueError(f"no slot {seq_id}: the slots are 0 to {len(self._slots) - 1}")
+        work = {"erase": self._erase, "save": self._save, "restore": self._restore}.get(action)
+        if work is None:
+            raise ValueError(f"unknown slot action {action[:40]!r}: erase, save or restore")
+        done: Future = Future()
+        with self._cond:
+            if self._closing:
+                raise EngineClosed()
+            self._controls.append((functools.partial(work, self._slots[seq_id], path), done))
+            self._cond.notify()
+        return done.result()
+
     def close(self, timeout: float = 10.0) -> None:
         """Cancel everything, stop the scheduler, free the context."""
         with self._cond:
@@ -218,10 +241,11 @@ class Engine(Resource):
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and not self._waiting and not any(s.busy for s in self._slots):
+                while not (self._closing or self._waiting or self._controls or any(s.busy for s in self._slots)):
                     self._cond.wait()
                 if self._closing:
                     break
+                self._control()
                 self._admit()
             try:
                 self._step()
@@ -235,11 +259,67 @@ class Engine(Resource):
                 self.ctx.clear()
         with self._cond:
             waiting, self._waiting = list(self._waiting), collections.deque()
+            controls, self._controls = list(self._controls), collections.deque()
+        for _work, done in controls:
+            done.set_exception(EngineClosed())
         for handle in waiting:
             self._drop(handle, FinishReason.CANCELLED, EngineClosed())
         for slot in self._slots:
             if slot.busy:
                 self._finish(slot, FinishReason.CANCELLED, error=EngineClosed())
+
+    def _control(self) -> None:
+        """Run the slot actions asked for (called with the lock held, between steps)."""
+        while self._controls:
+            work, done = self._controls.popleft()
+            try:
+                done.set_result(work())
+            except Exception as e:  # (the caller's to answer)
+                done.set_exception(e)
+
+    def _idle(self, slot: _Slot) -> _Slot:
+        if slot.busy:
+            raise SlotBusy(slot.seq_id)
+        return slot
+
+    def _erase(self, slot: _Slot, _path: None) -> dict:
+        n = len(self._idle(slot).cached)
+        self.ctx.remove(slot.seq_id, 0, -1)
+        slot.cached = []
+        return {"id_slot": slot.seq_id, "n_erased": n}
+
+    def _save(self, slot: _Slot, path: str) -> dict:
+        started = time.perf_counter()
+        tokens = list(self._idle(slot).cached)
+        state = self.ctx.sequence_state(slot.seq_id)
+        if not state:
+            raise SlotStateError(f"llama.cpp could not serialise slot {slot.seq_id} (its log says why)")
+        try:
+            n = slot_file.write(path, tokens, state)
+        except OSError as e:
+            raise SlotStateError(f"could not write {os.path.basename(path)!r}: {e.strerror}") from None
+        return {"id_slot": slot.seq_id, "filename": os.path.basename(path), "n_saved": len(tokens), "n_written": n,
+                "timings": {"save_ms": (time.perf_counter() - started) * 1000}}
+
+    def _restore(self, slot: _Slot, path: str) -> dict:
+        started = time.perf_counter()
+        self._idle(slot)
+        try:  # (a generous bound: f16 K and V of a full slot, and the tokens)
+            tokens, state, n = slot_file.read(path, self.n_ctx_seq * (self.model.kv_bytes_per_token() + 64) + (1 << 20))
+        except OSError as e:
+            raise SlotStateError(f"could not read {os.path.basename(path)!r}: {e.strerror}") from None
+        if len(tokens) > self.n_ctx_seq or not all(0 <= t < self.model.n_vocab for t in tokens):
+            raise SlotStateError(f"{os.path.basename(path)!r} holds tokens this model and context do not have")
+        self.ctx.remove(slot.seq_id, 0, -1)
+        slot.cached = []
+        if not self.ctx.set_sequence_state(slot.seq_id, state):
+            self.ctx.remove(slot.seq_id, 0, -1)  # (what a refused state may have left)
+            raise SlotStateError(f"llama.cpp refused {os.path.basename(path)!r}: saved from another model or "
+                                 "context, or no room for it in the KV cache")
+        slot.cached = tokens
+        slot.last_used = time.monotonic()
+        return {"id_slot": slot.seq_id, "filename": os.path.basename(path), "n_restored": len(tokens), "n_read": n,
+                "timings": {"restore_ms": (time.perf_counter() - started) * 1000}}
 
     def _admit(self) -> None:
         """Move waiting requests into free slots (called with the lock held)."""
