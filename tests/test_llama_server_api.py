@@ -5,11 +5,13 @@ and the same greedy text as llama-host's OpenAI completion of the same prompt.""
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
 
 from live import Server
+from llama_host import vendor
 from llama_host.engine import slot_file
 from llama_host.engine.model import Model
 
@@ -388,20 +390,21 @@ def test_bad_slot_actions_are_refused(server, http, url, body, status, param):
 @pytest.fixture(scope="module")
 def saver(model_path, tmp_path_factory):
     folder = tmp_path_factory.mktemp("slots")
-    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('tiny')}", "--parallel", "2", "--slot-save-path", str(folder),
+    # ("small": slow enough that a long answer keeps its slot busy for the busy-slot test)
+    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('small')}", "--parallel", "2", "--slot-save-path", str(folder),
                 "--cors-origins", "*", "default", "auto"])
     with httpx.Client(base_url=s.url, timeout=60) as client:
         yield s, client, folder
     assert s.stop() == 0, s.output
 
 
-def test_a_saved_slot_restores_to_the_same_greedy_text(saver, vocab):
+def test_a_saved_slot_restores_to_the_same_greedy_text(saver):
     _s, http, folder = saver
     prompt = "Saved and restored, once upon a time there was"
     fresh = native(http, prompt, 12)
     slot = max(http.get("/slots").json(), key=lambda s: s["n_cached"])
     saved = http.post(f"/slots/{slot['id']}?action=save", json={"filename": "conv.bin"}).json()
-    assert saved["n_saved"] == slot["n_cached"] > len(vocab.tokenize(prompt))
+    assert saved["n_saved"] == slot["n_cached"] == fresh["tokens_evaluated"] + 11  # (the last token is not in it yet)
     assert saved["n_written"] == (folder / "conv.bin").stat().st_size and saved["timings"]["save_ms"] >= 0
     for s in http.get("/slots").json():
         http.post(f"/slots/{s['id']}?action=erase")
@@ -451,7 +454,8 @@ def test_a_busy_slot_is_not_touched(saver):
     s, http, _folder = saver
     with httpx.stream("POST", s.url + "/completion", json={"prompt": PROMPT, "n_predict": 4000, "stream": True,
                                                          "ignore_eos": True}, timeout=60) as r:
-        next(r.iter_lines())
+        lines = r.iter_lines()  # (kept: a dropped iterator closes the stream, which cancels the answer)
+        next(lines)
         busy = next(x for x in http.get("/slots").json() if x["is_processing"])
         refused = http.post(f"/slots/{busy['id']}?action=erase")
         assert refused.status_code == 503 and refused.json()["error"]["param"] == "id_slot"
@@ -465,3 +469,73 @@ def test_cors_star_reflects_the_origin_with_credentials(saver):
     pre = http.options("/completion", headers={"Origin": "http://10.0.0.5:3000", "Access-Control-Request-Method": "POST",
                                                "Access-Control-Request-Headers": "content-type"})
     assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://10.0.0.5:3000"
+
+
+# --- the fields llama-server's README documents (the pinned source's tools/server/README.md) -----
+
+
+def readme_section(title: str) -> str:
+    text = (vendor.llama_cpp_source() / "tools" / "server" / "README.md").read_text()
+    start = text.index(title)
+    end = text.find("\n### ", start + len(title))
+    return text[start:end]
+
+
+def documented_json(title: str) -> dict | list:
+    section = readme_section(title)
+    block = section[section.index("```json") + len("```json"):]
+    return json.loads(block[:block.index("```")])
+
+
+def test_completion_has_every_documented_response_field(http):
+    section = readme_section("### POST `/completion`")
+    documented = set(re.findall(r"^- `(\w+)`:", section[section.index("**Response format**"):], re.M))
+    assert {"content", "stop", "generation_settings", "timings", "stop_type", "tokens_cached"} <= documented  # (parsed)
+    got = native(http, PROMPT, 3, n_probs=2)
+    assert documented <= got.keys(), documented - got.keys()
+
+
+@pytest.mark.parametrize("title, url, body, leave_out", [
+    # media_marker: no multimodal model is served
+    ("### **GET** `/props`", "/props", None, {"media_marker"}),
+    ("### POST `/slots/{id_slot}?action=erase`", "/slots/0?action=erase", None, set()),
+])
+def test_documented_shapes(http, title, url, body, leave_out):
+    want = documented_json(title)
+    got = http.get(url).json() if body is None and url == "/props" else http.post(url, json=body).json()
+    assert want.keys() - leave_out <= got.keys(), want.keys() - leave_out - got.keys()
+    if "default_generation_settings" in want:
+        settings = got["default_generation_settings"]
+        assert want["default_generation_settings"].keys() <= settings.keys()
+        ours = {"n_predict", "seed", "temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "repeat_penalty",
+                "presence_penalty", "frequency_penalty", "stop", "max_tokens", "ignore_eos", "n_probs", "grammar", "samplers"}
+        assert ours <= settings["params"].keys() and ours <= want["default_generation_settings"]["params"].keys()
+        assert set(settings["params"]["samplers"]) <= set(want["default_generation_settings"]["params"]["samplers"]) | {"penalties"}
+
+
+def test_saved_and_restored_slots_answer_as_documented(saver):
+    _s, http, _folder = saver
+    native(http, "Documented shapes", 2)
+    slot = max(http.get("/slots").json(), key=lambda x: x["n_cached"])["id"]
+    for action in ("save", "restore"):
+        want = documented_json(f"### POST `/slots/{{id_slot}}?action={action}`")
+        got = http.post(f"/slots/{slot}?action={action}", json={"filename": "doc.bin"}).json()
+        assert want.keys() == got.keys() and want["timings"].keys() == got["timings"].keys()
+
+
+def test_slots_list_the_documented_fields(http):
+    section = readme_section("### GET `/slots`")
+    block = section[section.index("```json") + len("```json"):]
+    want = json.loads(block[:block.index("```")])[0]
+    got = http.get("/slots").json()[0]
+    assert {"id", "id_task", "n_ctx", "speculative", "is_processing", "params", "next_token"} <= want.keys() & got.keys()
+    assert want["next_token"].keys() <= got["next_token"].keys()
+    busy = httpx.get(http.base_url.join("/slots"), params={"fail_on_no_slot": 1})
+    assert busy.status_code == 200  # (a slot is free)
+
+
+def test_apply_template_without_the_generation_prompt(http):
+    messages = [{"role": "user", "content": "Hi"}]
+    with_it = http.post("/apply-template", json={"messages": messages}).json()["prompt"]
+    without = http.post("/apply-template", json={"messages": messages, "add_generation_prompt": False}).json()["prompt"]
+    assert with_it.startswith(without) and len(with_it) > len(without) and without.endswith("Hi<|im_end|>\n")

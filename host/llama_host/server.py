@@ -462,8 +462,8 @@ def model_tool(work: Callable) -> Callable:
 
 
 def model_view(view: Callable) -> Callable:
-    """llama-server's GET /props and /slots: ``view(served, route)`` for the model ``?model=``
-    names (absent: the first)."""
+    """llama-server's GET /props and /slots: ``view(served, route, defaults)`` for the model
+    ``?model=`` names (absent: the first); ``defaults``: the CLI's sampling defaults."""
 
     def endpoint(request: Request) -> Response:
         state: State = request.app.state.llama
@@ -471,7 +471,11 @@ def model_view(view: Callable) -> Callable:
         route = _route_for(state, model_id)
         if route is None:
             return error_response(ErrorKind.MODEL_NOT_FOUND, f"the model '{echo(model_id)}' does not exist", "model")
-        return JSONResponse(view(state.registry.get(route.preload), route))
+        answer = view(state.registry.get(route.preload), route, state.settings.info.get("defaults", {}))
+        if view is llama_server.slots and request.query_params.get("fail_on_no_slot") in ("1", "true") \
+                and all(s["is_processing"] for s in answer):
+            return error_response(ErrorKind.UNAVAILABLE, "no slot is free")
+        return JSONResponse(answer)
 
     return endpoint
 
@@ -633,7 +637,7 @@ def create_app(state: State) -> Starlette:
                Route("/detokenize", model_tool(llama_server.detokenize), methods=["POST"]),
                Route("/props", model_view(llama_server.props), methods=["GET"]),
                # (the sequences of a model's engine; no prompt text is shown)
-               Route("/slots", model_view(lambda served, _route: served.engine.slots()) if state.settings.slots
+               Route("/slots", model_view(llama_server.slots) if state.settings.slots
                      else slots_disabled, methods=["GET"]),
                Route("/slots/{id}", slot_action_route if state.settings.slots else slots_disabled, methods=["POST"])]
     web_ui = state.settings.web_ui

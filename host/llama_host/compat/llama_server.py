@@ -19,6 +19,8 @@ import numpy as np
 import orjson
 
 from llama_host.compat import CompatError, Endpoint, cached_tokens, field, input_tokens, object_body, streaming
+from llama_host import __version__
+from llama_host.engine.sampling import SamplingParams
 from llama_host.errors import ErrorKind
 
 # Keys /completion passes on as they are: the guest reads llama-server's names.
@@ -96,7 +98,9 @@ def completion_prepare(served, request: dict) -> dict:
 
 
 def _settings(request: dict) -> dict:
-    return {"n_predict": request.get("max_tokens", -1), **{k: request[k] for k in SAMPLING if k in request and k != "model"}}
+    """The request's generation settings (those it gave; the rest are /props' defaults)."""
+    return {"n_predict": request.get("max_tokens", -1), "model": request.get("model", ""),
+            **{k: request[k] for k in SAMPLING if k in request and k != "model"}}
 
 
 def _probabilities(logprobs: dict | None) -> list[dict]:
@@ -185,11 +189,12 @@ def _data(value: dict) -> bytes:
 
 
 def tokenize(model, body: Any) -> dict:
-    """``{"content", "add_special": false, "with_pieces": false}`` -> ``{"tokens": [...]}``; with
+    """``{"content", "add_special": false, "parse_special": true, "with_pieces": false}`` -> ``{"tokens": [...]}``; with
     pieces each token is ``{"id", "piece"}``, the piece a string or (not UTF-8 alone) its bytes."""
     body = object_body(body)
     content = field(body, "content", str, required=True)
-    tokens = model.tokenize(content, add_bos=field(body, "add_special", bool, False), special=True)
+    tokens = model.tokenize(content, add_bos=field(body, "add_special", bool, False),
+                            special=field(body, "parse_special", bool, True))
     if not field(body, "with_pieces", bool, False):
         return {"tokens": tokens}
     out = []
@@ -210,18 +215,54 @@ def detokenize(model, body: Any) -> dict:
     return {"content": model.detokenize(tokens, special=True)}
 
 
-def props(served, route) -> dict:
+# The order llama-host's sampler chain applies them (llama_host.engine.sampling), in llama-server's names.
+SAMPLER_ORDER = ["penalties", "top_k", "typ_p", "top_p", "min_p", "temperature"]
+
+
+def default_settings(served, defaults: dict) -> dict:
+    """What a /completion without sampling keys gets: llama.cpp's defaults and the CLI's."""
+    d = SamplingParams()
+    n_predict = defaults.get("n-predict", -1)
+    params = {
+        "n_predict": n_predict, "seed": defaults.get("seed", -1), "temperature": defaults.get("temp", d.temperature),
+        "top_k": d.top_k, "top_p": defaults.get("top-p", d.top_p), "min_p": d.min_p, "typical_p": d.typical_p,
+        "repeat_last_n": d.penalty_last_n, "repeat_penalty": defaults.get("repeat-penalty", d.repeat_penalty),
+        "presence_penalty": defaults.get("presence-penalty", d.presence_penalty),
+        "frequency_penalty": defaults.get("frequency-penalty", d.frequency_penalty),
+        "stop": [defaults["reverse-prompt"]] if "reverse-prompt" in defaults else [], "max_tokens": n_predict,
+        "ignore_eos": False, "stream": False, "n_probs": 0, "grammar": "", "samplers": SAMPLER_ORDER,
+        "timings_per_token": False,
+    }
+    return {"id": 0, "id_task": -1, "n_ctx": served.engine.n_ctx_seq, "speculative": False, "is_processing": False,
+            "params": params, "prompt": "",
+            "next_token": {"has_next_token": True, "has_new_line": False, "n_remain": -1, "n_decoded": 0, "stopping_word": ""}}
+
+
+def slots(served, _route, defaults: dict) -> list[dict]:
+    """``GET /slots``: each sequence as llama-server shows it (the engine's counts, the defaults
+    as its params: a request's own settings are not kept), plus the tokens its cache holds."""
+    params = default_settings(served, defaults)["params"]
+    return [{"id": s["id"], "id_task": -1, "n_ctx": s["n_ctx"], "speculative": False, "is_processing": s["is_processing"],
+             "params": params, "n_cached": s["n_cached"], "n_prompt_tokens": s["n_prompt_tokens"],
+             "next_token": {"has_next_token": s["is_processing"], "has_new_line": False, "n_remain": -1,
+                            "n_decoded": s["n_decoded"]}, "n_decoded": s["n_decoded"]}
+            for s in served.engine.slots()]
+
+
+def props(served, route, defaults: dict) -> dict:
     """What llama-server's ``GET /props`` tells of the served model."""
     info = served.model.info
     return {
-        "default_generation_settings": {"n_ctx": served.engine.n_ctx_seq, "params": {}},
+        "default_generation_settings": default_settings(served, defaults),
         "total_slots": served.engine.config.parallel,
         "model_alias": route.id,
         "model_path": str(info.path),
         "chat_template": info.chat_template or "",
+        "chat_template_caps": {},
         "bos_token": info.bos_token, "eos_token": info.eos_token,
         "modalities": {"vision": False, "audio": False},
-        "build_info": "llama-host",
+        "build_info": f"llama-host {__version__}",
+        "is_sleeping": False,
     }
 
 
