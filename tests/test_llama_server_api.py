@@ -539,3 +539,68 @@ def test_apply_template_without_the_generation_prompt(http):
     with_it = http.post("/apply-template", json={"messages": messages}).json()["prompt"]
     without = http.post("/apply-template", json={"messages": messages, "add_generation_prompt": False}).json()["prompt"]
     assert with_it.startswith(without) and len(with_it) > len(without) and without.endswith("Hi<|im_end|>\n")
+
+
+# --- /rerank -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reranker(model_path):
+    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('rerank')}", "default", "auto"])
+    with httpx.Client(base_url=s.url, timeout=60) as client:
+        yield client
+    assert s.stop() == 0, s.output
+
+
+def oracle_scores(path, query, documents):
+    """softmax(classification head · last hidden state)[0] with numpy: llama.cpp's last-token
+    pooling for the hidden state, the head read from the GGUF."""
+    import gguf
+    import numpy as np
+
+    from llama_host.compat.llama_server import rerank_tokens
+    from llama_host.engine import lib
+    from llama_host.engine.embed import Embedder
+
+    head = next(t for t in gguf.GGUFReader(path).tensors if t.name == "cls.output.weight").data.astype(np.float64)
+    with Model(path) as m, Embedder(m, n_ctx=512, pooling=lib.C.LLAMA_POOLING_TYPE_LAST) as last:
+        out = []
+        for doc in documents:
+            logits = head @ last.pooled(rerank_tokens(m, query, doc)).astype(np.float64)
+            out.append(float(np.exp(logits[0]) / np.exp(logits).sum()))
+    return out
+
+
+def test_rerank_orders_documents_by_the_models_scores(reranker, model_path):
+    query, docs = "hello world", ["the answer", "hello world", "many people write water", "a question"]
+    want = oracle_scores(model_path("rerank"), query, docs)
+    for path in ("/rerank", "/v1/rerank", "/reranking", "/v1/reranking"):
+        got = reranker.post(path, json={"query": query, "documents": docs, "top_n": 3, "return_text": True})
+        assert got.status_code == 200, got.text
+        body = got.json()
+        order = sorted(range(len(docs)), key=lambda i: -want[i])[:3]
+        assert [r["index"] for r in body["results"]] == order
+        assert [r["relevance_score"] for r in body["results"]] == pytest.approx([want[i] for i in order], abs=1e-4)
+        assert [r["document"]["text"] for r in body["results"]] == [docs[i] for i in order]
+        assert body["object"] == "list" and body["usage"]["prompt_tokens"] > 0
+    objects = reranker.post("/v1/rerank", json={"query": query, "documents": [{"text": d} for d in docs]}).json()
+    assert len(objects["results"]) == 4 and "document" not in objects["results"][0]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"documents": ["a"]}, "query"),
+    ({"query": "q"}, "documents"),
+    ({"query": "q", "documents": []}, "documents"),
+    ({"query": "q", "documents": [5]}, "documents[0]"),
+    ({"query": "q", "documents": ["a"] * 2000}, "documents"),
+    ({"query": "q", "documents": ["a"], "top_n": 0}, "top_n"),
+    ({"query": "q", "documents": ["a", "q " * 5000]}, "documents[1]"),  # (longer than the context)
+])
+def test_bad_rerank_requests_are_a_400(reranker, body, param):
+    r = reranker.post("/rerank", json=body)
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_rerank_needs_a_reranker(http):
+    r = http.post("/rerank", json={"query": "q", "documents": ["a"]})
+    assert r.status_code == 501 and r.json()["error"]["type"] == "not_supported_error"

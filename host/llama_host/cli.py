@@ -103,6 +103,8 @@ def serve(
     api_key: Annotated[Optional[str], typer.Option(envvar="API_KEY", help="Require 'Authorization: Bearer KEY' on /v1.")] = None,
     cors_origins: Annotated[Optional[str], typer.Option(help="Allowed CORS origins, comma-separated ('*' for any, 'localhost' for this machine's on any port).")] = None,
     web_ui: Annotated[Optional[Path], typer.Option(help="Serve this folder's static files at /.")] = None,
+    reranking: Annotated[bool, typer.Option(help="Serve /rerank with the model's classification head even where its GGUF "
+                                            "declares no rank pooling (a reranker's always is).")] = False,
     slots: Annotated[bool, typer.Option("--slots/--no-slots", help="llama-server's /slots endpoints (slot state and actions).")] = True,
     slot_save_path: Annotated[Optional[Path], typer.Option(
         help="A folder for /slots/{id}?action=save|restore files (without it those actions are off).")] = None,
@@ -170,6 +172,7 @@ def serve(
     origins = tuple(o.strip() for o in (cors_origins or "").split(",") if o.strip())
     settings = Settings(api_key=api_key or None, cors_origins=origins, max_body_bytes=max_body_bytes, web_ui=web_ui,
                         worker_threads=parallel + queue_size + 8, slots=slots, slot_save_path=slot_save_path,
+                        reranking=reranking,
                         info={"ctx_size": ctx_size, "batch_size": batch_size, "parallel": parallel,
                               "queue_size": queue_size, "prompt_template": prompt_template, "defaults": defaults,
                               "reasoning_format": reasoning_format,

@@ -61,6 +61,9 @@ class Preset:
     rope_freq_base: float = 10000.0
     default_quant: str = "f16"
     fim: bool = False  # the synthetic vocabulary gains fill-in-the-middle tokens (a code model's)
+    # A reranker: Qwen3's layout (as Qwen3-Reranker) with a classification head of these labels
+    # and rank pooling, so llama.cpp scores a (query, document) pair
+    rerank_labels: tuple[str, ...] = ()
 
 
 PRESETS: dict[str, Preset] = {
@@ -72,6 +75,9 @@ PRESETS: dict[str, Preset] = {
         # tiny, as a code model: fill-in-the-middle tokens with repository and file separators.
         Preset("fim", "synthetic", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
                n_ctx=2048, default_quant="f32", fim=True),
+        # tiny, as a reranker (a classification head over the last token).
+        Preset("rerank", "synthetic", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
+               n_ctx=2048, default_quant="f32", rerank_labels=("yes", "no")),
         # The real Llama-2 (SentencePiece) vocabulary and chat template.
         Preset("spm", "llama-spm", n_embd=64, n_layer=2, n_head=4, n_head_kv=2, n_ff=128,
                chat_template=_LLAMA2_TEMPLATE),
@@ -192,8 +198,12 @@ def write_model(preset: Preset, path: Path, *, seed: int = 0, dtype: str = "f16"
     head_dim = preset.n_embd // preset.n_head
     n_embd_kv = head_dim * preset.n_head_kv
 
-    writer = gguf.GGUFWriter(path, "llama")
+    rerank = bool(preset.rerank_labels)
+    writer = gguf.GGUFWriter(path, "qwen3" if rerank else "llama")
     writer.add_name(f"llama-host-{preset.name}")
+    if rerank:
+        writer.add_pooling_type(gguf.PoolingType.RANK)
+        writer.add_classifier_output_labels(list(preset.rerank_labels))
     writer.add_context_length(preset.n_ctx)
     writer.add_embedding_length(preset.n_embd)
     writer.add_block_count(preset.n_layer)
@@ -227,6 +237,9 @@ def write_model(preset: Preset, path: Path, *, seed: int = 0, dtype: str = "f16"
         writer.add_tensor(f"blk.{i}.attn_k.weight", matrix(n_embd_kv, preset.n_embd, std_in))
         writer.add_tensor(f"blk.{i}.attn_v.weight", matrix(n_embd_kv, preset.n_embd, std_in))
         writer.add_tensor(f"blk.{i}.attn_output.weight", matrix(preset.n_embd, preset.n_embd, std_in))
+        if rerank:
+            writer.add_tensor(f"blk.{i}.attn_q_norm.weight", norm(head_dim))
+            writer.add_tensor(f"blk.{i}.attn_k_norm.weight", norm(head_dim))
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", norm(preset.n_embd))
         writer.add_tensor(f"blk.{i}.ffn_gate.weight", matrix(preset.n_ff, preset.n_embd, std_in))
         writer.add_tensor(f"blk.{i}.ffn_up.weight", matrix(preset.n_ff, preset.n_embd, std_in))
@@ -235,6 +248,8 @@ def write_model(preset: Preset, path: Path, *, seed: int = 0, dtype: str = "f16"
     # Logits with a spread of a few units: peaked enough that greedy choices are never near-ties,
     # flat enough that sampling with a temperature still varies.
     writer.add_tensor("output.weight", matrix(n_vocab, preset.n_embd, 3.0 * std_in))
+    if rerank:
+        writer.add_tensor("cls.output.weight", matrix(len(preset.rerank_labels), preset.n_embd, 3.0 * std_in))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

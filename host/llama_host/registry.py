@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import threading
 
-from llama_host.engine import Engine, EngineConfig, Model
+from llama_host.engine import Engine, EngineConfig, Model, lib
 from llama_host.engine.context import ContextError
 from llama_host.engine.engine import UnservableConfig
 from llama_host.engine.model import ModelLoadError
@@ -15,6 +15,7 @@ from llama_host.preload import Preload
 from llama_host.resource import Resource
 
 log = logging.getLogger(__name__)
+C = lib.C
 
 
 @dataclasses.dataclass
@@ -23,6 +24,7 @@ class ServedModel:
     model: Model
     engine: Engine
     _embedder: Embedder | None = None
+    _ranker: Embedder | None = None
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @classmethod
@@ -43,10 +45,25 @@ class ServedModel:
                                           threads=self.engine.config.threads)
             return self._embedder
 
+    @property
+    def is_reranker(self) -> bool:
+        """The GGUF declares rank pooling (a classification head scores a query and a document)."""
+        arch = self.model.info.architecture
+        return self.model.meta(f"{arch}.pooling_type") == str(C.LLAMA_POOLING_TYPE_RANK)
+
+    def ranker(self) -> Embedder:
+        """The reranking context (rank pooling), created on first use."""
+        with self._lock:
+            if self._ranker is None:
+                self._ranker = Embedder(self.model, n_ctx=self.engine.config.ctx_size, threads=self.engine.config.threads,
+                                        pooling=C.LLAMA_POOLING_TYPE_RANK)
+            return self._ranker
+
     def close(self) -> None:
         self.engine.close()
-        if self._embedder is not None:
-            self._embedder.close()
+        for ctx in (self._embedder, self._ranker):
+            if ctx is not None:
+                ctx.close()
         self.model.close()
 
 

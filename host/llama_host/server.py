@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hmac
 import logging
 import os
@@ -50,7 +51,8 @@ OPENAI_ROUTES = (("/chat/completions", "chat"), ("/completions", "complete"), ("
 # What an API key guards: everything that reaches a model, and /metrics (as llama-server does).
 # Left open, as llama-server leaves them, for the probes of load balancers and OpenAI clients:
 # /health, GET of the model list and of one model, and the chat page (it asks for the key itself).
-PROTECTED = ("/v1", "/metrics", "/models", "/tokenize", "/detokenize", "/props", "/slots", *(path for path, _ in OPENAI_ROUTES),
+RERANK_PATHS = ("/rerank", "/reranking", "/v1/rerank", "/v1/reranking")  # (llama-server's aliases)
+PROTECTED = ("/v1", "/metrics", "/models", "/tokenize", "/detokenize", "/props", "/slots", *RERANK_PATHS, *(path for path, _ in OPENAI_ROUTES),
              *(e.path for e in compat.ENDPOINTS))
 PUBLIC_GET = re.compile(r"/(?:v1/)?models(?:/.*)?")
 REQUEST_ID = "x-request-id"
@@ -68,6 +70,7 @@ class Settings:
     worker_threads: int = 64  # guest runs at once (waiting ones mostly sleep in the engine queue)
     slots: bool = True  # llama-server's /slots (--no-slots: off)
     slot_save_path: Path | None = None  # where /slots/{id}?action=save|restore keep files
+    reranking: bool = False  # /rerank with any model (--reranking), not only those whose GGUF says so
     info: dict = dataclasses.field(default_factory=dict)  # settings shown by /v1/info
 
 
@@ -437,7 +440,8 @@ def _route_for(state: State, model_id: Any):
 
 
 def model_tool(work: Callable) -> Callable:
-    """llama-server's /tokenize and /detokenize: ``work(model, body)`` on the model the body names."""
+    """llama-server's /tokenize, /detokenize and /rerank: ``work(served, body)`` (a ServedModel)
+    on the model the body names, in a worker thread."""
 
     async def endpoint(request: Request) -> Response:
         state: State = request.app.state.llama
@@ -449,11 +453,13 @@ def model_tool(work: Callable) -> Callable:
             route = _route_for(state, parsed.get("model") if isinstance(parsed, dict) else None)
             if route is None:
                 return error_response(ErrorKind.MODEL_NOT_FOUND, f"the model '{echo(str(parsed['model']))}' does not exist", "model")
-            answer = await anyio.to_thread.run_sync(work, state.registry.get(route.preload).model, parsed)
+            answer = await anyio.to_thread.run_sync(work, state.registry.get(route.preload), parsed)
         except orjson.JSONDecodeError as e:
             return error_response(ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
         except compat.CompatError as e:
-            return error_response(ErrorKind.INVALID_REQUEST, str(e), e.param)
+            return error_response(e.kind, str(e), e.param)
+        except HostError as e:  # (an input longer than the context)
+            return error_response(e.kind, str(e), e.param)
         except ValueError as e:  # (a text too long to tokenize)
             return error_response(ErrorKind.INVALID_REQUEST, str(e), "content")
         return JSONResponse(answer)
@@ -635,6 +641,8 @@ def create_app(state: State) -> Starlette:
     routes.append(Route("/v1/responses/{id}", stored_response_route, methods=["GET"]))
     routes += [Route("/tokenize", model_tool(llama_server.tokenize), methods=["POST"]),
                Route("/detokenize", model_tool(llama_server.detokenize), methods=["POST"]),
+               *(Route(path, model_tool(functools.partial(llama_server.rerank, forced=state.settings.reranking)),
+                       methods=["POST"]) for path in RERANK_PATHS),
                Route("/props", model_view(llama_server.props), methods=["GET"]),
                # (the sequences of a model's engine; no prompt text is shown)
                Route("/slots", model_view(llama_server.slots) if state.settings.slots

@@ -188,10 +188,11 @@ def _data(value: dict) -> bytes:
 # --- tokens, without the guest ----------------------------------------------------------------
 
 
-def tokenize(model, body: Any) -> dict:
+def tokenize(served, body: Any) -> dict:
     """``{"content", "add_special": false, "parse_special": true, "with_pieces": false}`` -> ``{"tokens": [...]}``; with
     pieces each token is ``{"id", "piece"}``, the piece a string or (not UTF-8 alone) its bytes."""
     body = object_body(body)
+    model = served.model
     content = field(body, "content", str, required=True)
     tokens = model.tokenize(content, add_bos=field(body, "add_special", bool, False),
                             special=field(body, "parse_special", bool, True))
@@ -208,7 +209,8 @@ def tokenize(model, body: Any) -> dict:
     return {"tokens": out}
 
 
-def detokenize(model, body: Any) -> dict:
+def detokenize(served, body: Any) -> dict:
+    model = served.model
     tokens = field(object_body(body), "tokens", list, [])
     if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < model.n_vocab for t in tokens):
         raise CompatError("tokens", f"'tokens' must be token ids of the model's vocabulary (0 to {model.n_vocab - 1})")
@@ -354,6 +356,63 @@ def _normalized(vector: list[float], p: int) -> list[float]:
 
 def embedding_response(request: dict, answer: dict, _seconds: float) -> list[dict]:
     return [{"index": d["index"], "embedding": [_normalized(d["embedding"], request["_normalize"])]} for d in answer["data"]]
+
+
+# --- /rerank -----------------------------------------------------------------------------------
+
+MAX_DOCUMENTS = 1024
+
+
+def rerank_tokens(model, query: str, document: str) -> list[int]:
+    """A (query, document) pair as a reranker reads it: the GGUF's ``rerank`` template with
+    ``{query}`` and ``{document}`` filled in, or BOS query EOS SEP document EOS (the tokens the
+    model has of those)."""
+    template = model.chat_template("rerank")
+    if template:
+        return model.tokenize(template.replace("{query}", query).replace("{document}", document))
+    info, sep = model.info, model.sep_id
+    tokens = [info.bos_id] if info.bos_id is not None else []
+    tokens += model.tokenize(query, add_bos=False) + ([info.eos_id] if info.eos_id is not None else [])
+    tokens += ([sep] if sep is not None else []) + model.tokenize(document, add_bos=False)
+    return tokens + ([info.eos_id] if info.eos_id is not None else [])
+
+
+def rerank(served, body: Any, *, forced: bool = False) -> dict:
+    """``{"query", "documents": [text | {"text"}], "top_n", "return_text"}`` -> the documents by
+    relevance, highest first (llama-server's and Jina's shape). Needs a reranker: a GGUF that
+    declares rank pooling, or any model with ``--reranking``."""
+    body = object_body(body)
+    if not (forced or served.is_reranker):
+        raise CompatError(None, "this model is not a reranker (its GGUF declares no rank pooling); "
+                          "start with --reranking to use its classification head anyway", ErrorKind.NOT_SUPPORTED)
+    query = field(body, "query", str, required=True)
+    documents = field(body, "documents", list, required=True)
+    if not 0 < len(documents) <= MAX_DOCUMENTS:
+        raise CompatError("documents", f"'documents' must have 1 to {MAX_DOCUMENTS} documents")
+    texts = []
+    for i, doc in enumerate(documents):
+        text = doc.get("text") if isinstance(doc, dict) else doc
+        if not isinstance(text, str):
+            raise CompatError(f"documents[{i}]", f"'documents[{i}]' must be a string or an object with a string 'text'")
+        texts.append(text)
+    top_n = field(body, "top_n", int, len(texts))
+    if top_n < 1:
+        raise CompatError("top_n", "'top_n' must be at least 1")
+    return_text = field(body, "return_text", bool, False) or field(body, "return_documents", bool, False)
+    ranker = served.ranker()
+    scores, n_tokens = [], 0
+    for i, text in enumerate(texts):
+        tokens = rerank_tokens(served.model, query, text)
+        if len(tokens) > ranker.n_ctx:
+            raise CompatError(f"documents[{i}]", f"the query and 'documents[{i}]' are {len(tokens)} tokens, more than "
+                              f"the {ranker.n_ctx} of the context", ErrorKind.CONTEXT_LENGTH)
+        scores.append(float(ranker.pooled(tokens)[0]))
+        n_tokens += len(tokens)
+    order = sorted(range(len(texts)), key=lambda i: -scores[i])[:top_n]
+    return {"model": body.get("model") or served.name, "object": "list",
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+            "results": [{"index": i, "relevance_score": scores[i], **({"document": {"text": texts[i]}} if return_text else {})}
+                        for i in order]}
 
 
 # --- token counting ----------------------------------------------------------------------------

@@ -18,21 +18,31 @@ C = lib.C
 class Embedder(Resource):
     """Its own small context (embeddings on, mean pooling) beside the generation context, so
     embedding requests never disturb the KV cache of chats. One input at a time, each decoded
-    in a single batch, as pooling over a causal model needs."""
+    in a single batch, as pooling over a causal model needs. With rank pooling (a reranker's
+    classification head) each input gives the head's scores instead."""
 
     def __init__(
-        self, model: Model, *, n_ctx: int = 2048, threads: int | None = None, flash_attn: bool | None = None
+        self, model: Model, *, n_ctx: int = 2048, threads: int | None = None, flash_attn: bool | None = None,
+        pooling: int = C.LLAMA_POOLING_TYPE_MEAN,
     ) -> None:
         self.model = model
         self.ctx = Context(
             model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
-            embeddings=True, pooling=C.LLAMA_POOLING_TYPE_MEAN, flash_attn=flash_attn,
+            embeddings=True, pooling=pooling, flash_attn=flash_attn,
         )
+        self.n_out = C.llama_model_n_cls_out(model.ptr) if pooling == C.LLAMA_POOLING_TYPE_RANK else model.info.n_embd
         self.n_ctx = self.ctx.n_ctx
         self._batch = Batch(self.n_ctx)
         self._lock = threading.Lock()
 
     def embed_tokens(self, tokens: list[int]) -> np.ndarray:
+        """The L2-normalised pooled embedding of ``tokens``."""
+        vector = self.pooled(tokens)
+        norm = float(np.linalg.norm(vector))
+        return vector / norm if norm > 0 else vector
+
+    def pooled(self, tokens: list[int]) -> np.ndarray:
+        """What the context's pooling gives for ``tokens``, as llama.cpp computes it."""
         if not tokens:
             raise ValueError("nothing to embed: the input has no tokens")
         if len(tokens) > self.n_ctx:
@@ -46,9 +56,7 @@ class Embedder(Resource):
             ptr = C.llama_get_embeddings_seq(self.ctx.ptr, 0)
             if not ptr:
                 raise RuntimeError("llama.cpp returned no pooled embedding")
-            vector = np.ctypeslib.as_array(ptr, shape=(self.model.info.n_embd,)).astype(np.float32)
-        norm = float(np.linalg.norm(vector))
-        return vector / norm if norm > 0 else vector
+            return np.ctypeslib.as_array(ptr, shape=(self.n_out,)).astype(np.float32)
 
     def embed(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
         """For each text: its embedding and its token count."""

@@ -158,8 +158,6 @@ class Model(Resource):
 
         bos = token_id(C.llama_vocab_bos(self.vocab))
         eos = token_id(C.llama_vocab_eos(self.vocab))
-        template = C.llama_model_chat_template(self.ptr, None)
-        tool_use = C.llama_model_chat_template(self.ptr, b"tool_use")
         desc = ctypes.create_string_buffer(256)
         C.llama_model_desc(self.ptr, desc, len(desc))
         return ModelInfo(
@@ -172,8 +170,8 @@ class Model(Resource):
             n_vocab=self.n_vocab,
             n_params=C.llama_model_n_params(self.ptr),
             size_bytes=C.llama_model_size(self.ptr),
-            chat_template=template.decode("utf-8", "replace") if template else None,
-            tool_use_template=tool_use.decode("utf-8", "replace") if tool_use else None,
+            chat_template=self.chat_template(),
+            tool_use_template=self.chat_template("tool_use"),
             bos_id=bos,
             eos_id=eos,
             bos_token=self.token_text(bos) if bos is not None else "",
@@ -262,6 +260,17 @@ class Model(Resource):
     def eog_tokens(self) -> tuple[int, ...]:
         """Every end-of-generation token (EOS, EOT, <|im_end|>, ...), for ignore_eos."""
         return tuple(t for t in range(self.n_vocab) if C.llama_vocab_is_eog(self.vocab, t))
+
+    def chat_template(self, name: str | None = None) -> str | None:
+        """A chat template the GGUF carries: the default, or a named one (``tool_use``, ``rerank``)."""
+        raw = C.llama_model_chat_template(self.ptr, name.encode() if name else None)
+        return raw.decode("utf-8", "replace") if raw else None
+
+    @property
+    def sep_id(self) -> int | None:
+        """The separator token (BERT's [SEP]), if the vocabulary has one."""
+        t = C.llama_vocab_sep(self.vocab)
+        return t if 0 <= t < self.n_vocab else None
 
     @functools.cached_property
     def fim_tokens(self) -> dict[str, int]:
