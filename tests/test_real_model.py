@@ -60,7 +60,7 @@ def test_repeated_chat_reuses_the_prompt_and_answers_the_same(server):
     first = chat(client, WORDS, 4)
     second = chat(client, WORDS, 4)
     n = first.usage.prompt_tokens
-    assert n == second.usage.prompt_tokens == 35  # <bos><start_of_turn>user\n ... <start_of_turn>model
+    assert n == second.usage.prompt_tokens == 36  # <bos><start_of_turn>user\n ... <start_of_turn>model\n
     # All but the last prompt token come from the KV cache: it is decoded again for its logits.
     assert second.usage.prompt_tokens_details.cached_tokens == n - 1
     assert second.choices[0].message.content == first.choices[0].message.content

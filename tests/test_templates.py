@@ -1,11 +1,12 @@
 """Every prompt template in templates/, rendered by the guest and by jinja2 (as Hugging Face sets
-it up), byte for byte, for a set of conversations with and without the generation prompt."""
+it up), byte for byte, for a set of conversations (plain and tool use) with and without the
+generation prompt. test_official_templates.py checks the same files against the official ones."""
 
 from __future__ import annotations
 
 import pytest
 
-from jinja_oracle import CONVERSATIONS, GuestRenderer, contexts, render_jinja2
+from jinja_oracle import GuestRenderer, all_contexts, render_jinja2
 from llama_host.serving import template_names
 from llama_host.vendor import templates_dir
 
@@ -32,14 +33,13 @@ def test_every_llamaedge_name_has_a_template():
 def test_template_matches_jinja2(guest, name):
     source = (templates_dir() / f"{name}.jinja").read_text(encoding="utf-8")
     rendered = 0
-    for conversation, messages in CONVERSATIONS.items():
-        for context in contexts(messages):
-            expected = render_jinja2(source, context)
-            got = guest.render(source, context)
-            where = f"{name} / {conversation} / add_generation_prompt={context['add_generation_prompt']}"
-            if expected.text is None:
-                assert got.text is None, f"{where}: jinja2 raised ({expected.error}), the guest rendered"
-            else:
-                assert got.text == expected.text, f"{where}: {got.error or ''}"
-                rendered += 1
+    for conversation, context in all_contexts():
+        expected = render_jinja2(source, context)
+        got = guest.render(source, context)
+        where = f"{name} / {conversation} / add_generation_prompt={context['add_generation_prompt']}"
+        if expected.text is None:
+            assert got.text is None, f"{where}: jinja2 raised ({expected.error}), the guest rendered"
+        else:
+            assert got.text == expected.text, f"{where}: {got.error or ''}"
+            rendered += 1
     assert rendered > 0, f"{name} renders none of the conversations"

@@ -225,14 +225,17 @@ fn decodeArguments(gpa: Allocator, m: fields.Object, path: []const u8, problem: 
 }
 
 /// The template a request renders with: the served model's, or with `auto` the GGUF's own (its
-/// `tool_use` variant when the request has tools, as llama-server and transformers choose).
+/// `tool_use` variant when the request has tools, as llama-server and transformers choose). A GGUF
+/// without a template, or with a blank one, gets plain ChatML (templates/chatml.jinja), as
+/// llama-server falls back to, and the log says so.
 fn templateSource(gpa: Allocator, model: *const config.Model, info: ModelInfo, with_tools: bool, problem: *fields.Problem) RenderError![]const u8 {
     if (model.template_source) |s| return s;
     var name = model.template;
     if (std.mem.eql(u8, name, "auto")) {
-        if (with_tools) if (info.chat_template_tool_use) |t| return t;
-        if (info.chat_template) |t| return t;
-        std.log.warn("model '{s}' has no chat template in its GGUF; using chatml", .{model.id});
+        if (with_tools) if (info.chat_template_tool_use) |t| if (!blank(t)) return t;
+        if (info.chat_template) |t| if (!blank(t)) return t;
+        const why = if (info.chat_template == null) "has no chat template" else "has an empty chat template";
+        std.log.warn("model '{s}': its GGUF {s} (tokenizer.chat_template), so 'auto' uses the template 'chatml' (plain ChatML, no system message added, as llama-server falls back to)", .{ model.id, why });
         name = "chatml";
     }
     return readTemplate(gpa, name) catch |err| switch (err) {
@@ -242,6 +245,10 @@ fn templateSource(gpa: Allocator, model: *const config.Model, info: ModelInfo, w
             return error.Template;
         },
     };
+}
+
+fn blank(text: []const u8) bool {
+    return std.mem.trim(u8, text, whitespace).len == 0;
 }
 
 /// /templates/<name>.jinja (the preopened, read-only templates folder is the guest's cwd).
