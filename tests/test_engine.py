@@ -153,8 +153,8 @@ def test_a_twin_of_a_running_request_copies_its_cells(model_path, preset):
         prompt = model.tokenize("The capital of France is a city that many people visit every year, " * 3)
         request = GenerationRequest(prompt, max_tokens=16, ignore_eos=True)
         solo, _ = eng.generate(request)
-        eng.generate(GenerationRequest(model.tokenize("x"), max_tokens=1))  # the solo's slot is not reused:
-        eng.generate(GenerationRequest(model.tokenize("y"), max_tokens=1))  # every slot held something else
+        for filler in (100, 101, 102):  # the solo's slot is not reused: every slot holds something else
+            eng.generate(GenerationRequest([filler], max_tokens=1))
         first = eng.submit(request)
         head = first.next()
         assert first.result is None and head.token >= 0  # busy, its prompt in the cache

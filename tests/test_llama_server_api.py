@@ -541,6 +541,45 @@ def test_apply_template_without_the_generation_prompt(http):
     assert with_it.startswith(without) and len(with_it) > len(without) and without.endswith("Hi<|im_end|>\n")
 
 
+# --- per-token embeddings (--pooling none) -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def per_token(model_path):
+    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('tiny')}", "--pooling", "none", "default", "auto"])
+    with httpx.Client(base_url=s.url, timeout=60) as client:
+        yield client
+    assert s.stop() == 0, s.output
+
+
+def test_pooling_none_gives_a_vector_per_token_whose_mean_is_the_pooled_one(per_token, http, vocab):
+    import numpy as np
+
+    n_tokens = len(vocab.tokenize("hello world"))
+    pooled = np.asarray(http.post("/v1/embeddings", json={"input": "hello world"}).json()["data"][0]["embedding"])
+    for path in ("/embedding", "/embeddings"):
+        got = per_token.post(path, json={"content": ["hello world", [1, 2, 3]]})
+        assert got.status_code == 200, got.text
+        rows = got.json()
+        assert [r["index"] for r in rows] == [0, 1]
+        assert [len(r["embedding"]) for r in rows] == [n_tokens, 3]
+        assert {len(v) for r in rows for v in r["embedding"]} == {len(pooled)}
+    # llama.cpp's mean pooling (the other server's) is the mean of these rows, then normalised
+    mean = np.asarray(per_token.post("/embedding", json={"content": "hello world"}).json()[0]["embedding"]).mean(axis=0)
+    assert mean / np.linalg.norm(mean) == pytest.approx(pooled, abs=1e-5)
+    assert abs(np.linalg.norm(mean) - 1) > 1e-3  # (per-token vectors are the model's own scale)
+
+
+def test_pooling_none_refuses_openais_embeddings_and_keeps_serving(per_token):
+    for path in ("/v1/embeddings", "/embeddings"):
+        r = per_token.post(path, json={"input": "hello world"})
+        assert r.status_code == 400 and "--pooling none" in r.json()["error"]["message"], r.text
+    too_long = per_token.post("/embedding", json={"content": "hello " * 5000})
+    assert too_long.status_code == 400 and too_long.json()["error"]["type"] == "invalid_request_error", too_long.text
+    assert per_token.post("/embedding", json={"content": 5}).status_code == 400
+    assert per_token.post("/embedding", json={"content": "ok"}).status_code == 200
+
+
 # --- /rerank -------------------------------------------------------------------------------------
 
 

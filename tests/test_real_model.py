@@ -153,3 +153,22 @@ def test_a_prompts_last_token_is_decoded_in_a_step_of_its_own(model_path):
             engine.generate(GenerationRequest(tokens, max_tokens=1, ignore_eos=True))
             calls.append(engine.stats().decode_calls - before)
     assert calls == [2, 1]
+
+
+@needs_model
+def test_conversations_back_from_the_prompt_cache_answer_as_fresh():
+    """Gemma 3 keeps most layers in a sliding-window cache; llama.cpp serialises both caches, so
+    three conversations through one sequence get their first turns back from host memory, with
+    the greedy answers of an engine that evaluates every turn afresh."""
+    from test_prompt_cache import replay
+
+    with Model(MODEL) as model:
+        runs = []
+        for cache_bytes in (0, 64 << 20):
+            config = EngineConfig(ctx_size=512, parallel=1, batch_size=64, threads=THREADS, cache_bytes=cache_bytes)
+            with Engine(model, config) as engine:
+                runs.append((replay(engine, model), engine.stats()))
+    (fresh, _), (warm, stats) = runs
+    assert [t for t, _ in warm] == [t for t, _ in fresh]
+    assert stats.prompt_cache_hits == 3
+    assert all(w.cached_tokens > f.cached_tokens for (_, w), (_, f) in zip(warm[3:], fresh[3:]))

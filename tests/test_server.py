@@ -454,6 +454,8 @@ CLI_ERRORS = [
     (["--timeout-body", "1e9"], "at most 86400 seconds"),
     (["--timeout-keep-alive", "soon"], "--timeout-keep-alive"),
     (["--shutdown-grace", "-1"], "--shutdown-grace must be more than 0"),
+    (["--pooling", "rank"], "--pooling must be mean, cls, last, none"),
+    (["--cache-ram", "-2"], "--cache-ram must be at least -1"),
 ]
 
 

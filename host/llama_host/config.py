@@ -77,7 +77,12 @@ def _from_llm_api(data: dict, defaults: dict, path: Path) -> None:
         if not models_dir.is_absolute() and not (Path.cwd() / models_dir).is_dir():
             models_dir = path.parent / models_dir  # relative to the file when not to the working folder
         name = str(data.get("model_name") or "default").replace(":", "-")
-        defaults.setdefault("nn_preload", [f"{name}:GGML:AUTO:{models_dir / str(setup['filename'])}"])
+        local = models_dir / str(setup["filename"])
+        # llm-api downloaded repo_id's file into models_dir: one there is served as it is; else it is taken
+        # from the Hugging Face cache (shared with other tools, verified) or downloaded there.
+        repo_id = setup.get("repo_id")
+        source = f"hf://{repo_id}/{setup['filename']}" if repo_id and not local.exists() else str(local)
+        defaults.setdefault("nn_preload", [f"{name}:GGML:AUTO:{source}"])
         defaults.setdefault("model_alias", name)
     params = data.get("model_params") or {}
     if not isinstance(params, dict):

@@ -24,7 +24,12 @@ class ErrorKind(enum.Enum):
     HEADERS_TOO_LARGE = ("invalid_request_error", 431, "request_headers_too_large")
     NOT_SUPPORTED = ("not_supported_error", 501, "not_supported")  # the model cannot (llama-server's)
     QUEUE_FULL = ("server_error", 503, "queue_full")
+    MODEL_PRELOADED = ("invalid_request_error", 400, "model_preloaded")  # (--nn-preload: never unloaded)
+    MODEL_LOAD_FAILED = ("server_error", 500, "model_load_failed")
+    MODEL_BUSY = ("server_error", 503, "model_busy")  # every loaded model serving requests: no room
+    INSUFFICIENT_MEMORY = ("server_error", 503, "insufficient_memory")  # past --models-max-memory
     UNAVAILABLE = ("server_error", 503, "unavailable")
+    ENGINE_BROKEN = ("server_error", 503, "engine_failed")  # llama.cpp aborted in it (a lost RPC worker)
     INTERNAL = ("server_error", 500, None)
 
     @property
@@ -82,6 +87,37 @@ class EngineClosed(HostError):
         super().__init__("the model is shutting down")
 
 
+class ModelNotFound(HostError):
+    kind = ErrorKind.MODEL_NOT_FOUND
+    param = "model"
+
+
+class ModelPreloaded(HostError):
+    """An unload of a model given with --nn-preload (those stay loaded)."""
+
+    kind = ErrorKind.MODEL_PRELOADED
+    param = "model"
+
+
+class ModelLoadFailed(HostError):
+    """An on-demand model whose file llama.cpp could not load (corrupt, unsupported, too large)."""
+
+    kind = ErrorKind.MODEL_LOAD_FAILED
+
+
+class ModelBusy(HostError):
+    """No room to load a model (every loaded one is in use) within the wait, or an unload of a
+    model that requests are using."""
+
+    kind = ErrorKind.MODEL_BUSY
+
+
+class InsufficientMemory(HostError):
+    """Loading a model would take the loaded models past the memory budget (--models-max-memory)."""
+
+    kind = ErrorKind.INSUFFICIENT_MEMORY
+
+
 class SlotBusy(HostError):
     """A slot action on a sequence that is serving a request (retry when it is done)."""
 
@@ -101,6 +137,17 @@ class SlotStateError(HostError):
 
 class EngineFailure(HostError):
     kind = ErrorKind.INTERNAL
+
+
+class EngineBroken(HostError):
+    """llama.cpp aborted inside this model's engine (a lost RPC worker, a failed check of its
+    own): the model answers nothing more until the server restarts; the rest keeps serving."""
+
+    kind = ErrorKind.ENGINE_BROKEN
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the model's engine failed and serves no more requests until the server restarts: {reason}")
+        self.reason = reason
 
 
 class APIError(HostError):

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from llama_host.registry import ModelRegistry
+from llama_host.registry import ModelRegistry, ModelState
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -22,16 +22,35 @@ class _EngineCollector(Collector):
         gauges = {
             "queue_depth": GaugeMetricFamily("llama_host_queue_depth", "Requests waiting for a sequence", labels=["model"]),
             "busy_sequences": GaugeMetricFamily("llama_host_busy_sequences", "Sequences generating", labels=["model"]),
+            "prompt_cache_entries": GaugeMetricFamily("llama_host_prompt_cache_entries",
+                                                      "Conversations' KV states kept in host memory", labels=["model"]),
+            "prompt_cache_bytes": GaugeMetricFamily("llama_host_prompt_cache_bytes", "Bytes those states take",
+                                                    labels=["model"]),
         }
         counters = {
             "prompt_tokens": CounterMetricFamily("llama_host_prompt_tokens", "Prompt tokens evaluated", labels=["model"]),
             "cached_tokens": CounterMetricFamily("llama_host_cached_tokens", "Prompt tokens reused from the KV cache", labels=["model"]),
             "generated_tokens": CounterMetricFamily("llama_host_generated_tokens", "Tokens generated", labels=["model"]),
             "decode_calls": CounterMetricFamily("llama_host_decode_calls", "llama_decode calls", labels=["model"]),
+            "prompt_cache_hits": CounterMetricFamily("llama_host_prompt_cache_hits",
+                                                     "Prompts that continued a conversation kept in host memory", labels=["model"]),
+            "prompt_cache_tokens": CounterMetricFamily("llama_host_prompt_cache_tokens",
+                                                       "Prompt tokens restored from host memory instead of evaluated",
+                                                       labels=["model"]),
         }
         totals = dict.fromkeys(LLAMACPP_NAMES, 0)
+        loaded = GaugeMetricFamily("llama_host_model_loaded", "1 while the model is loaded, else 0", labels=["model"])
+        loads = CounterMetricFamily("llama_host_model_loads", "Times the model was loaded", labels=["model"])
+        for name, status in self.registry.statuses().items():
+            loaded.add_metric([name], status.state is ModelState.LOADED)
+            loads.add_metric([name], status.loads)
+        yield loaded
+        yield loads
         for name in self.registry.names:
-            stats = self.registry.get(name).engine.stats()
+            with self.registry.peek(name) as served:  # (an unloaded model has no engine; a peek loads none)
+                if served is None:
+                    continue
+                stats = served.engine.stats()
             for key, family in (*gauges.items(), *counters.items()):
                 family.add_metric([name], getattr(stats, key))
                 if key in totals:

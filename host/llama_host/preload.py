@@ -4,7 +4,8 @@ Encoding and target are case-insensitive; the encoding must be GGML; the target 
 offload), GPU (offload all layers) or AUTO (all, if a GPU backend is present). The path is
 everything after the third colon, so it may itself contain ``:``. Unlike WasmEdge, which skips a
 bad entry silently, every problem is a :class:`PreloadError` that names the entry and says what
-is accepted.
+is accepted. A path ``hf://user/repo[@revision]/file.gguf`` is a file on the Hugging Face hub,
+downloaded into its cache (or found there) by :mod:`llama_host.hub`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class PreloadError(ValueError):
         self.problem = problem
 
 
+class PreloadFetchError(PreloadError):
+    """An ``hf://`` model that cannot be downloaded: a failure to start, not a usage error."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Preload:
     name: str
@@ -55,7 +60,7 @@ def parse_preload(entry: str) -> Preload:
         )
     if not path:
         raise PreloadError(entry, "the model path is empty")
-    file = Path(path).expanduser()
+    file = _from_hub(entry, path) if path.startswith("hf://") else Path(path).expanduser()
     if not file.exists():
         raise PreloadError(entry, f"model file not found: {file}")
     if not file.is_file():
@@ -68,6 +73,19 @@ def parse_preload(entry: str) -> Preload:
     if magic != GGUF_MAGIC:
         raise PreloadError(entry, f"{file} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
     return Preload(name=name, encoding=encoding.upper(), target=TARGETS[target.upper()], path=file)
+
+
+def _from_hub(entry: str, uri: str) -> Path:
+    from llama_host import hub  # (here: importing huggingface_hub takes a while, and most paths are local)
+
+    try:
+        spec = hub.parse_uri(uri)
+    except hub.SpecError as e:
+        raise PreloadError(entry, str(e)) from None
+    try:
+        return hub.resolve(spec)
+    except hub.HubError as e:
+        raise PreloadFetchError(entry, str(e)) from None
 
 
 def parse_preloads(entries: Iterable[str]) -> list[Preload]:

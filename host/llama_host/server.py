@@ -38,8 +38,8 @@ from llama_host.compat import llama_server, responses
 from llama_host.engine import Cancellation
 from llama_host.errors import ErrorKind, HostError, error_body
 from llama_host.metrics import Metrics
-from llama_host.registry import ModelRegistry
-from llama_host.serving import Reply, Serving
+from llama_host.registry import Lease, ModelRegistry, ModelState, ModelStatus
+from llama_host.serving import GuestError, Reply, Serving
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ class Settings:
     slots: bool = True  # llama-server's /slots (--no-slots: off)
     slot_save_path: Path | None = None  # where /slots/{id}?action=save|restore keep files
     reranking: bool = False  # /rerank with any model (--reranking), not only those whose GGUF says so
+    per_token_embeddings: bool = False  # --pooling none: /embedding answers a vector per token
     info: dict = dataclasses.field(default_factory=dict)  # settings shown by /v1/info
+    devices: list[dict] = dataclasses.field(default_factory=list)  # ggml's devices at start (/v1/info)
 
 
 class State:
@@ -178,16 +180,24 @@ def compat_route(api: compat.Endpoint) -> Callable:
 
 async def _run_compat(request: Request, api: compat.Endpoint, body: bytes) -> Response:
     state: State = request.app.state.llama
+    lease: Lease | None = None  # the model prepare used: held until the guest holds it too (no unload between)
     try:
-        translated = api.request(orjson.loads(body))
-        if api.prepare is not None and (route := _route_for(state, translated.get("model"))) is not None:
-            translated = await anyio.to_thread.run_sync(api.prepare, state.registry.get(route.preload), translated)
-    except orjson.JSONDecodeError as e:
-        return _compat_error(api, ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
-    except compat.CompatError as e:
-        return _compat_error(api, e.kind, str(e), e.param)
-    sent = {k: v for k, v in translated.items() if not k.startswith("_")}  # "_...": the translation's own
-    return await run_guest(request, api.command, api.path, orjson.dumps(sent), translation=(api, translated))
+        try:
+            translated = api.request(orjson.loads(body))
+            if api.prepare is not None and (route := _route_for(state, translated.get("model"))) is not None:
+                lease = await anyio.to_thread.run_sync(state.registry.acquire, route.preload)
+                translated = await anyio.to_thread.run_sync(api.prepare, lease.served, translated)
+        except orjson.JSONDecodeError as e:
+            return _compat_error(api, ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
+        except compat.CompatError as e:
+            return _compat_error(api, e.kind, str(e), e.param)
+        except HostError as e:  # (the model could not be loaded)
+            return _compat_error(api, e.kind, str(e), e.param)
+        sent = {k: v for k, v in translated.items() if not k.startswith("_")}  # "_...": the translation's own
+        return await run_guest(request, api.command, api.path, orjson.dumps(sent), translation=(api, translated))
+    finally:
+        if lease is not None:
+            await anyio.to_thread.run_sync(lease.release)
 
 
 def _compat_error(api: compat.Endpoint, kind: ErrorKind, message: str, param: str | None = None) -> Response:
@@ -217,6 +227,8 @@ async def embeddings_route(request: Request) -> Response:
     if isinstance(parsed, dict) and "input" in parsed:
         return await run_guest(request, "embed", "/embeddings", body)
     if isinstance(parsed, dict) and "content" in parsed:
+        if request.app.state.llama.settings.per_token_embeddings:
+            return await run_model_tool(request, llama_server.token_embeddings, body)
         return await _run_compat(request, llama_server.NATIVE_EMBEDDINGS, body)
     return await _run_compat(request, LLM_API_EMBEDDINGS, body)
 
@@ -252,7 +264,12 @@ async def run_guest(
         return True
 
     def work() -> Reply:
-        return state.serving.call(command, body, on_event, cancel=cancel)
+        try:
+            with _model_of(state, body):
+                return state.serving.call(command, body, on_event, cancel=cancel)
+        except HostError as e:  # (an on-demand model that could not be loaded)
+            error = GuestError(e.kind, str(e), e.param)
+            return Reply(status=e.kind.http_status, body=orjson.dumps(error.body()), error=error)
 
     async def run() -> None:
         try:
@@ -342,7 +359,19 @@ SHUTDOWN_MESSAGE = "the server is shutting down; retry on another instance or la
 def _count_tokens(state: State, request: dict, answer: dict) -> int:
     """The tokens of a rendered prompt (an apply-template answer), with the model it was for."""
     route = _route_for(state, request.get("model")) or state.serving.routes[0]  # (the guest found it)
-    return len(state.registry.get(route.preload).model.tokenize(answer["prompt"]))
+    with state.registry.use(route.preload) as served:
+        return len(served.model.tokenize(answer["prompt"]))
+
+
+def _model_of(state: State, body: bytes) -> contextlib.AbstractContextManager:
+    """Where on-demand models are served: the model a guest request names, in use (loaded
+    first, in this worker thread) for the whole run, so that a load's failure is a typed error
+    (the guest, which loads by name too, would only see an errno). Anything else: nothing."""
+    if not state.registry.has_on_demand:
+        return contextlib.nullcontext()
+    parsed = _parsed(body)
+    route = _route_for(state, parsed.get("model") if isinstance(parsed, dict) else None)
+    return state.registry.use(route.preload) if route is not None else contextlib.nullcontext()  # (the guest 404s)
 
 
 async def _first_or_disconnect(queue: asyncio.Queue, request: Request) -> object | None:
@@ -383,13 +412,56 @@ def _compat_event(api: compat.Endpoint) -> Callable[[bytes], bytes]:
     return event
 
 
-def _model_object(state: State, model_id: str) -> dict:
-    return {"id": model_id, "object": "model", "created": int(state.metrics.started), "owned_by": "llama-host"}
+def _model_object(state: State, model_id: str, status: ModelStatus | None = None) -> dict:
+    """OpenAI's model object, with llama-server's router ``status``: ``{"value": "loaded"}``,
+    ``"loading"`` or ``"unloaded"`` (plus ``"failed": true`` and the ``"error"`` after a load
+    that failed); ``"preloaded": true`` for --nn-preload models, which are always loaded."""
+    if status is None:
+        preload = next(r.preload for r in state.serving.routes if r.id == model_id)
+        status = state.registry.statuses()[preload]
+    described: dict[str, Any] = {"value": status.state.value}
+    if status.preloaded:
+        described["preloaded"] = True
+    if status.failure is not None and status.state is ModelState.UNLOADED:
+        described |= {"failed": True, "error": status.failure}
+    return {"id": model_id, "object": "model", "created": int(state.metrics.started), "owned_by": "llama-host",
+            "status": described}
 
 
 def models_route(request: Request) -> Response:
     state: State = request.app.state.llama
-    return JSONResponse({"object": "list", "data": [_model_object(state, r.id) for r in state.serving.routes]})
+    statuses = state.registry.statuses()
+    return JSONResponse({"object": "list",
+                         "data": [_model_object(state, r.id, statuses[r.preload]) for r in state.serving.routes]})
+
+
+async def model_action_route(request: Request) -> Response:
+    """llama-server's router: ``POST /models/load`` and ``/models/unload``, body ``{"model": id}``,
+    answered ``{"success": true}``. A load waits for the model; an unload refuses a preloaded
+    model and one that requests are using."""
+    state: State = request.app.state.llama
+    body = await _request_body(request)
+    if isinstance(body, Response):
+        return body
+    parsed = _parsed(body)
+    model_id = parsed.get("model") if isinstance(parsed, dict) else None
+    if not isinstance(model_id, str):
+        return error_response(ErrorKind.INVALID_REQUEST, "the body must be {\"model\": \"<id>\"}", "model")
+    route = _route_for(state, model_id)
+    if route is None:
+        ids = ", ".join(r.id for r in state.serving.routes)
+        return error_response(ErrorKind.MODEL_NOT_FOUND, f"the model '{echo(model_id)}' does not exist; available: {ids}",
+                              "model")
+    action = state.registry.load_model if request.url.path.endswith("/load") else state.registry.unload
+    try:
+        await anyio.to_thread.run_sync(action, route.preload, limiter=state.limiter)
+    except HostError as e:
+        return host_error_response(e)
+    return JSONResponse({"success": True})
+
+
+def host_error_response(e: HostError) -> Response:
+    return error_response(e.kind, str(e), e.param, headers={"Retry-After": "1"} if e.kind.http_status == 503 else None)
 
 
 def model_route(request: Request) -> Response:
@@ -406,18 +478,23 @@ def model_route(request: Request) -> Response:
 def info_route(request: Request) -> Response:
     state: State = request.app.state.llama
     models = []
+    statuses = state.registry.statuses()
     for r in state.serving.routes:
-        served = state.registry.get(r.preload)
-        info = served.model.info
-        models.append({
-            "id": r.id, "preload": r.preload, "template": r.template, "file": str(served.model.path),
-            "architecture": info.architecture, "n_ctx": served.engine.n_ctx_seq, "n_ctx_train": info.n_ctx_train,
-            "n_vocab": info.n_vocab, "n_embd": info.n_embd,
-        })
+        status = statuses[r.preload]
+        model = {"id": r.id, "preload": r.preload, "template": r.template, "file": str(status.path),
+                 "status": status.state.value}
+        with state.registry.peek(r.preload) as served:  # (an unloaded model shows no more: it is not loaded for this)
+            if served is not None:
+                info = served.model.info
+                model |= {"architecture": info.architecture, "n_ctx": served.engine.n_ctx_seq,
+                          "n_ctx_train": info.n_ctx_train, "n_vocab": info.n_vocab, "n_embd": info.n_embd,
+                          "n_gpu_layers": info.n_gpu_layers}
+        models.append(model)
     return JSONResponse({
         "server": {"name": "llama-host", "version": __version__},
         "llama_cpp": {"build_number": LLAMA_BUILD[0], "commit": LLAMA_BUILD[1]},
         "models": models,
+        "devices": state.settings.devices,
         "settings": state.settings.info,
     })
 
@@ -439,32 +516,44 @@ def _route_for(state: State, model_id: Any):
     return next((r for r in routes if r.id == model_id), None)
 
 
+def _with_model(state: State, preload: str, work: Callable, *args: Any) -> Any:
+    """``work(served, *args)`` with the model in use (loaded first if it is on demand; blocking)."""
+    with state.registry.use(preload) as served:
+        return work(served, *args)
+
+
 def model_tool(work: Callable) -> Callable:
     """llama-server's /tokenize, /detokenize and /rerank: ``work(served, body)`` (a ServedModel)
     on the model the body names, in a worker thread."""
 
     async def endpoint(request: Request) -> Response:
-        state: State = request.app.state.llama
         body = await _request_body(request)
-        if isinstance(body, Response):
-            return body
-        try:
-            parsed = orjson.loads(body)
-            route = _route_for(state, parsed.get("model") if isinstance(parsed, dict) else None)
-            if route is None:
-                return error_response(ErrorKind.MODEL_NOT_FOUND, f"the model '{echo(str(parsed['model']))}' does not exist", "model")
-            answer = await anyio.to_thread.run_sync(work, state.registry.get(route.preload), parsed)
-        except orjson.JSONDecodeError as e:
-            return error_response(ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
-        except compat.CompatError as e:
-            return error_response(e.kind, str(e), e.param)
-        except HostError as e:  # (an input longer than the context)
-            return error_response(e.kind, str(e), e.param)
-        except ValueError as e:  # (a text too long to tokenize)
-            return error_response(ErrorKind.INVALID_REQUEST, str(e), "content")
-        return JSONResponse(answer)
+        return body if isinstance(body, Response) else await run_model_tool(request, work, body)
 
     return endpoint
+
+
+async def run_model_tool(request: Request, work: Callable, body: bytes) -> Response:
+    """``work(served, parsed body)`` answered as JSON, its errors as OpenAI's."""
+    state: State = request.app.state.llama
+    try:
+        parsed = orjson.loads(body)
+        route = _route_for(state, parsed.get("model") if isinstance(parsed, dict) else None)
+        if route is None:
+            return error_response(ErrorKind.MODEL_NOT_FOUND, f"the model '{echo(str(parsed['model']))}' does not exist", "model")
+        answer = await anyio.to_thread.run_sync(_with_model, state, route.preload, work, parsed)
+    except orjson.JSONDecodeError as e:
+        return error_response(ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
+    except compat.CompatError as e:
+        return error_response(e.kind, str(e), e.param)
+    except HostError as e:  # (an input longer than the context)
+        return error_response(e.kind, str(e), e.param)
+    except ValueError as e:  # (a text too long to tokenize)
+        return error_response(ErrorKind.INVALID_REQUEST, str(e), "content")
+    return JSONResponse(answer)
+
+
+TOKEN_EMBEDDINGS = model_tool(llama_server.token_embeddings)  # (no guest: its answers are pooled vectors)
 
 
 def model_view(view: Callable) -> Callable:
@@ -477,7 +566,10 @@ def model_view(view: Callable) -> Callable:
         route = _route_for(state, model_id)
         if route is None:
             return error_response(ErrorKind.MODEL_NOT_FOUND, f"the model '{echo(model_id)}' does not exist", "model")
-        answer = view(state.registry.get(route.preload), route, state.settings.info.get("defaults", {}))
+        try:
+            answer = _with_model(state, route.preload, view, route, state.settings.info.get("defaults", {}))
+        except HostError as e:  # (an on-demand model that could not be loaded)
+            return host_error_response(e)
         if view is llama_server.slots and request.query_params.get("fail_on_no_slot") in ("1", "true") \
                 and all(s["is_processing"] for s in answer):
             return error_response(ErrorKind.UNAVAILABLE, "no slot is free")
@@ -523,9 +615,11 @@ async def slot_action_route(request: Request) -> Response:
         path = str(state.settings.slot_save_path / name)
         if action == "restore" and not os.path.isfile(path):
             return error_response(ErrorKind.NOT_FOUND, f"no slot file '{name}' in --slot-save-path", "filename")
-    engine = state.registry.get(route.preload).engine
+    def act(served) -> dict:  # noqa: ANN001 - a ServedModel
+        return served.engine.slot_action(seq_id, action, path)
+
     try:
-        return JSONResponse(await anyio.to_thread.run_sync(engine.slot_action, seq_id, action, path))
+        return JSONResponse(await anyio.to_thread.run_sync(_with_model, state, route.preload, act))
     except ValueError as e:  # (no such slot)
         return error_response(ErrorKind.INVALID_REQUEST, str(e), "id_slot")
     except HostError as e:
@@ -533,7 +627,15 @@ async def slot_action_route(request: Request) -> Response:
 
 
 def health_route(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})  # the server listens once its models are loaded
+    """200 once listening (its models are loaded by then); 503 while a loaded model's engine is
+    broken (llama.cpp aborted in it, e.g. it lost an RPC worker), so that an orchestrator restarts it."""
+    registry = request.app.state.llama.registry
+    for name in registry.names:
+        with registry.peek(name) as served:
+            if served is not None and served.engine.broken is not None:
+                body = error_body(ErrorKind.ENGINE_BROKEN, f"model '{name}': {served.engine.broken}")
+                return JSONResponse({"status": "error", **body}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 CHAT_PAGE = Path(__file__).with_name("static") / "index.html"
@@ -628,6 +730,8 @@ def create_app(state: State) -> Starlette:
         Route("/metrics", metrics_route, methods=["GET"]),
         Route("/v1/info", info_route, methods=["GET"]),
     ]
+    # llama-server's router endpoints (before /models/{id}, whose GET they are not)
+    routes += [Route(f"/models/{action}", model_action_route, methods=["POST"]) for action in ("load", "unload")]
     for prefix in ("/v1", ""):
         routes += [Route(f"{prefix}/models", models_route, methods=["GET", "POST"]),
                    Route(prefix + "/models/{model:path}", model_route, methods=["GET"])]
@@ -636,6 +740,8 @@ def create_app(state: State) -> Starlette:
                if path not in ("/embeddings", "/completions")]  # (shared with other APIs: below)
     routes.append(Route("/embeddings", embeddings_route, methods=["POST"]))
     routes.append(Route("/completions", completions_route, methods=["POST"]))
+    if state.settings.per_token_embeddings:  # (before the guest's /embedding, which it replaces)
+        routes.append(Route(llama_server.NATIVE_EMBEDDINGS.path, TOKEN_EMBEDDINGS, methods=["POST"]))
     routes += [Route(e.path, compat_route(e), methods=[e.method]) for e in compat.ENDPOINTS if e is not LLM_API_EMBEDDINGS]
     routes.append(Route("/check", lambda _r: JSONResponse("Ok"), methods=["GET"]))  # llm-api's status check
     routes.append(Route("/v1/responses/{id}", stored_response_route, methods=["GET"]))

@@ -139,6 +139,9 @@ class Serving(Resource):
             reply.error = reply.error or GuestError(ErrorKind.INTERNAL, f"the request failed inside the guest: {why}")
         elif reply.error is None and reply.body is None and not reply.streamed:
             reply.error = GuestError(ErrorKind.INTERNAL, "the guest answered nothing")
+        elif reply.error is not None and reply.error.kind is ErrorKind.INTERNAL and result.failure is not None:
+            failure = result.failure  # (the kind the guest could not be told: e.g. a broken engine's 503)
+            reply.error = GuestError(failure.kind, str(failure), failure.param)
         if reply.error is not None and not reply.streamed:
             reply.status = reply.error.kind.http_status
             reply.body = json.dumps(reply.error.body()).encode()

@@ -27,6 +27,7 @@ from llama_host.bridge import hostext, wasi_nn
 from llama_host.bridge.abi import Errno, NnError
 from llama_host.bridge.memory import GuestMemory
 from llama_host.engine import Cancellation
+from llama_host.errors import HostError
 from llama_host.registry import ModelRegistry
 from llama_host.resource import Resource
 
@@ -72,6 +73,7 @@ class RunResult:
     exit_code: int  # the guest's proc_exit code (0 when _start returns), or -1 on a trap
     trap: str | None = None  # why the guest was stopped, if it was
     emitted: list[bytes] = dataclasses.field(default_factory=list)
+    failure: HostError | None = None  # the host's typed error behind a failed generation (NnSession.failure)
 
 
 class _Instance:
@@ -253,9 +255,9 @@ class GuestRunner(Resource):
             if not isinstance(start, wasmtime.Func):
                 return RunResult(-1, "the guest exports no _start function", ext.emitted)
             start(store)
-            return RunResult(0, None, ext.emitted)
+            return RunResult(0, None, ext.emitted, nn.failure)
         except wasmtime.ExitTrap as e:
-            return RunResult(e.code, None, ext.emitted)
+            return RunResult(e.code, None, ext.emitted, nn.failure)
         except wasmtime.Trap as e:
             # wasmtime puts the cause last, after the backtrace
             reason = "deadline exceeded" if e.trap_code == wasmtime.TrapCode.INTERRUPT else _last_line(e)

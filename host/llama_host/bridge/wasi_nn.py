@@ -38,8 +38,10 @@ from llama_host.bridge.memory import GuestMemory
 from llama_host.engine import Cancellation, EngineConfig, FinishReason, GenerationRequest, RequestHandle, Result, SamplingParams, Target
 from llama_host.engine.logprobs import MAX_TOP, TokenLogprob
 from llama_host.engine.sampling import grammar_from_json_schema, grammar_from_schemas
-from llama_host.errors import EngineClosed, InvalidGrammar, PromptTooLong, QueueFull
-from llama_host.registry import ModelRegistry, ServedModel
+from llama_host.errors import (
+    EngineBroken, EngineClosed, HostError, InsufficientMemory, InvalidGrammar, ModelBusy, ModelNotFound, PromptTooLong, QueueFull,
+)
+from llama_host.registry import Lease, ModelRegistry, ServedModel
 from llama_host.vendor import LLAMA_CPP_PYTHON_VERSION
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class Graph:
     served: ServedModel
     config: dict[str, Any]  # metadata from load_by_name_with_config or the load builder
     owned: bool  # loaded by this guest from bytes or a path: freed with the graph
+    lease: Lease | None = None  # a registry model (load_by_name): in use until the graph goes
 
 
 @dataclasses.dataclass
@@ -90,6 +93,9 @@ class NnSession:
         self.cancel = cancel or Cancellation()  # set when nobody waits for this run's answer
         self.allow_host_paths = allow_host_paths  # `load` with "preload:<path>": trusted runs only
         self.stream_stdout = stream_stdout
+        # the host's typed error behind the last failed generation, which an errno cannot carry
+        # to the guest (the server answers its kind where the guest could say only "internal")
+        self.failure: HostError | None = None
         self.graphs: dict[int, Graph] = {}
         self.contexts: dict[int, ExecContext] = {}
         self._next_id = 0
@@ -104,8 +110,7 @@ class NnSession:
             self._stop_single(ctx)
         self.contexts.clear()
         for graph in self.graphs.values():
-            if graph.owned:
-                graph.served.close()
+            _free(graph)
         self.graphs.clear()
 
     # --- lookups ------------------------------------------------------------------------------
@@ -182,10 +187,19 @@ class NnSession:
 
     def _load_by_name(self, mem: GuestMemory, name_ptr: int, name_len: int, config: dict, graph_out: int) -> None:
         name = mem.read_str(name_ptr, name_len)
-        served = self.registry.get(name)
-        if served is None:
-            raise NnError(Errno.MODEL_NOT_FOUND, f"no preloaded model {name!r} (have: {', '.join(self.registry.names)})")
-        self._add_graph(Graph(served, config, owned=False), mem, graph_out)
+        try:
+            lease = self.registry.acquire(name)  # (an on-demand model: loaded here, if the server has not)
+        except ModelNotFound as e:
+            raise NnError(Errno.MODEL_NOT_FOUND, f"no preloaded model {name!r} (have: {', '.join(self.registry.names)})") from e
+        except (ModelBusy, InsufficientMemory, EngineClosed) as e:
+            raise NnError(Errno.BUSY, str(e)) from e
+        except HostError as e:
+            raise NnError(Errno.RUNTIME_ERROR, str(e)) from e
+        try:
+            self._add_graph(Graph(lease.served, config, owned=False, lease=lease), mem, graph_out)
+        except BaseException:
+            lease.release()
+            raise
 
     def init_execution_context(self, mem: GuestMemory, graph_id: int, ctx_out: int) -> None:
         graph = self._graph(graph_id)
@@ -272,8 +286,7 @@ class NnSession:
             if ctx.graph is graph:
                 self._stop_single(ctx)
         del self.graphs[graph_id]
-        if graph.owned:
-            graph.served.close()
+        _free(graph)
 
     def finalize_execution_context(self, mem: GuestMemory, ctx_id: int) -> None:
         ctx = self.contexts.get(ctx_id)
@@ -340,7 +353,8 @@ class NnSession:
             raise NnError(Errno.INVALID_ARGUMENT, str(e)) from e
         except QueueFull as e:
             raise NnError(Errno.BUSY, str(e)) from e
-        except EngineClosed as e:
+        except (EngineClosed, EngineBroken) as e:
+            self.failure = e
             raise NnError(Errno.RUNTIME_ERROR, str(e)) from e
         self.cancel.register(handle)
         return handle
@@ -348,6 +362,7 @@ class NnSession:
     def _finished(self, ctx: ExecContext, result: Result, *, single: bool) -> Errno:
         ctx.result = result
         if result.finish_reason is FinishReason.ERROR:
+            self.failure = result.error
             raise NnError(Errno.RUNTIME_ERROR, str(result.error))
         if result.context_full:
             return Errno.CONTEXT_FULL
@@ -356,6 +371,9 @@ class NnSession:
     def _embed(self, ctx: ExecContext) -> Errno:
         prompt = self._prompt(ctx)
         embedder = ctx.graph.served.embedder()
+        if embedder.per_token:
+            raise NnError(Errno.INVALID_ARGUMENT, "the server pools no embeddings (--pooling none): OpenAI's embeddings "
+                          "are one vector per input; use llama-server's /embedding for per-token vectors, or another --pooling")
         try:
             if isinstance(prompt, list):
                 vector, n_tokens = embedder.embed_tokens(prompt), len(prompt)
@@ -422,6 +440,14 @@ class NnSession:
                 pass
             ctx.result = ctx.handle.result
             ctx.handle = None
+
+
+def _free(graph: Graph) -> None:
+    """A graph is gone: its own model is freed, a registry model's use ends."""
+    if graph.owned:
+        graph.served.close()
+    elif graph.lease is not None:
+        graph.lease.release()
 
 
 def _token_ids(data: bytes, n_vocab: int) -> list[int]:

@@ -358,6 +358,13 @@ def embedding_response(request: dict, answer: dict, _seconds: float) -> list[dic
     return [{"index": d["index"], "embedding": [_normalized(d["embedding"], request["_normalize"])]} for d in answer["data"]]
 
 
+def token_embeddings(served, body: Any) -> list[dict]:
+    """``/embedding`` with ``--pooling none``: per input, each token's hidden state, unnormalised
+    (as llama-server gives them; ``embd_normalize`` applies to pooled vectors only)."""
+    inputs = [tokenize_prompt(served.model, p) for p in prompts(embedding_request(body)["input"])]
+    return [{"index": i, "embedding": served.embedder().token_vectors(ids).tolist()} for i, ids in enumerate(inputs)]
+
+
 # --- /rerank -----------------------------------------------------------------------------------
 
 MAX_DOCUMENTS = 1024

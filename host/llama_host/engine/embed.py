@@ -1,8 +1,11 @@
-"""Sentence embeddings: the mean of a text's hidden states, L2-normalised."""
+"""Embeddings: a text's hidden states pooled into one vector (L2-normalised), or, with pooling
+none, one vector per token."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -16,16 +19,18 @@ C = lib.C
 
 
 class Embedder(Resource):
-    """Its own small context (embeddings on, mean pooling) beside the generation context, so
-    embedding requests never disturb the KV cache of chats. One input at a time, each decoded
-    in a single batch, as pooling over a causal model needs. With rank pooling (a reranker's
-    classification head) each input gives the head's scores instead."""
+    """Its own small context (embeddings on, mean pooling by default) beside the generation
+    context, so embedding requests never disturb the KV cache of chats. One input at a time, each
+    decoded in a single batch, as pooling over a causal model needs. With rank pooling (a
+    reranker's classification head) each input gives the head's scores instead; with none, each
+    token's hidden state."""
 
     def __init__(
         self, model: Model, *, n_ctx: int = 2048, threads: int | None = None, flash_attn: bool | None = None,
         pooling: int = C.LLAMA_POOLING_TYPE_MEAN,
     ) -> None:
         self.model = model
+        self.pooling = pooling
         self.ctx = Context(
             model, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=threads,
             embeddings=True, pooling=pooling, flash_attn=flash_attn,
@@ -41,8 +46,34 @@ class Embedder(Resource):
         norm = float(np.linalg.norm(vector))
         return vector / norm if norm > 0 else vector
 
+    @property
+    def per_token(self) -> bool:
+        return self.pooling == C.LLAMA_POOLING_TYPE_NONE
+
     def pooled(self, tokens: list[int]) -> np.ndarray:
         """What the context's pooling gives for ``tokens``, as llama.cpp computes it."""
+        if self.per_token:
+            raise ValueError("this context pools nothing (pooling none): it gives one vector per token")
+        with self._decoded(tokens):
+            ptr = C.llama_get_embeddings_seq(self.ctx.ptr, 0)
+            if not ptr:
+                raise RuntimeError("llama.cpp returned no pooled embedding")
+            return np.ctypeslib.as_array(ptr, shape=(self.n_out,)).astype(np.float32)
+
+    def token_vectors(self, tokens: list[int]) -> np.ndarray:
+        """With pooling none: each token's hidden state (a row per token), unnormalised."""
+        if not self.per_token:
+            raise ValueError("this context pools its tokens: it gives one vector per input")
+        with self._decoded(tokens):
+            ptr = C.llama_get_embeddings(self.ctx.ptr)  # every output row, in batch order
+            if not ptr:
+                raise RuntimeError("llama.cpp returned no token embeddings")
+            return np.ctypeslib.as_array(ptr, shape=(len(tokens), self.n_out)).astype(np.float32)
+
+    @contextlib.contextmanager
+    def _decoded(self, tokens: list[int]) -> Iterator[None]:
+        """``tokens`` decoded in one batch, every one an output; the lock held while the caller
+        reads the results."""
         if not tokens:
             raise ValueError("nothing to embed: the input has no tokens")
         if len(tokens) > self.n_ctx:
@@ -53,10 +84,7 @@ class Embedder(Resource):
             for pos, tok in enumerate(tokens):
                 self._batch.add(tok, pos, 0, logits=True)
             self.ctx.decode(self._batch)
-            ptr = C.llama_get_embeddings_seq(self.ctx.ptr, 0)
-            if not ptr:
-                raise RuntimeError("llama.cpp returned no pooled embedding")
-            return np.ctypeslib.as_array(ptr, shape=(self.n_out,)).astype(np.float32)
+            yield
 
     def embed(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
         """For each text: its embedding and its token count."""

@@ -20,15 +20,17 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from llama_host.engine import lib, slot_file
+from llama_host.engine import aborts, lib, slot_file
 from llama_host.engine.context import Batch, Context, DecodeError
 from llama_host.engine.logprobs import TokenLogprob, logits_at, token_logprob
 from llama_host.engine.model import Model
+from llama_host.engine.prompt_cache import PromptCache, common_prefix
 from llama_host.engine.request import FinishReason, GenerationRequest, RequestHandle, Result, TokenOutput
 from llama_host.engine.sampling import Sampler
 from llama_host.engine.stats import EngineStats, StatsRecorder
 from llama_host.engine.text import TextStream
-from llama_host.errors import EngineClosed, EngineFailure, HostError, PromptTooLong, QueueFull, SlotBusy, SlotStateError
+from llama_host.errors import (EngineBroken, EngineClosed, EngineFailure, HostError, PromptTooLong, QueueFull, SlotBusy,
+                               SlotStateError)
 from llama_host.resource import Resource
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class EngineConfig:
     threads: int | None = None
     queue_size: int = 64  # requests waiting beyond the busy sequences
     flash_attn: bool | None = None  # None: llama.cpp decides
+    cache_bytes: int = 0  # host memory for the KV states of conversations past the slots (0: none)
 
 
 class UnservableConfig(ValueError):
@@ -130,12 +133,11 @@ class _Slot:
         return len(self.cached)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+def _fit(prompt: list[int], slot: _Slot) -> tuple:
+    """How well a free slot suits a prompt: the longest shared prefix; when none is shared
+    (a BOS alone is nothing), an empty slot, then the least recently used one."""
+    shared = common_prefix(slot.cached, prompt)
+    return shared if shared > 1 else 0, not slot.cached, -slot.last_used
 
 
 class Engine(Resource):
@@ -161,7 +163,11 @@ class Engine(Resource):
         self._cond = threading.Condition()
         self._closing = False
         self._stats = StatsRecorder()
+        self._cache = PromptCache(config.cache_bytes, available_memory) if config.cache_bytes > 0 else None
+        self.broken: EngineBroken | None = None  # llama.cpp aborted in this engine: it serves no more
+        self._working = False  # the scheduler is in a step (calling llama.cpp), not waiting for work
         self._thread = threading.Thread(target=self._run, name=f"engine-{model.info.name}", daemon=True)
+        aborts.watch(self)
         self._thread.start()
 
     # --- public API (any thread) --------------------------------------------------------------
@@ -178,7 +184,7 @@ class Engine(Resource):
         ban = self.model.eog_tokens if request.ignore_eos else ()
         handle._sampler = Sampler(self.model, request.sampling, ban=ban)
         with self._cond:
-            refusal = EngineClosed() if self._closing else None
+            refusal = self.broken or (EngineClosed() if self._closing else None)
             if refusal is None and len(self._waiting) >= self.config.queue_size:
                 refusal = QueueFull(self.config.queue_size)
             if refusal is not None:
@@ -222,6 +228,27 @@ class Engine(Resource):
             self._cond.notify()
         return done.result()
 
+    def aborted(self, reason: str, *, own_thread: bool) -> bool:
+        """llama.cpp is aborting (llama_host.engine.aborts, on the aborting thread): if in this
+        engine, fail every request and refuse new ones; the scheduler thread never comes back."""
+        if not (threading.current_thread() is self._thread if own_thread else self._working):
+            return False
+        log.critical("the engine of %s is broken (%s): its requests fail; restart the server to serve it again",
+                     self.model.path.name, reason)
+        with self._cond:
+            self.broken = EngineBroken(reason)
+            self._closing = True
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            controls, self._controls = list(self._controls), collections.deque()
+        for _work, done in controls:
+            done.set_exception(self.broken)
+        for handle in waiting:
+            self._drop(handle, FinishReason.ERROR, self.broken)
+        for slot in self._slots:
+            if slot.busy:
+                self._finish(slot, FinishReason.ERROR, error=self.broken)
+        return True
+
     def close(self, timeout: float = 10.0) -> None:
         """Cancel everything, stop the scheduler, free the context."""
         with self._cond:
@@ -241,10 +268,12 @@ class Engine(Resource):
     def _run(self) -> None:
         while True:
             with self._cond:
+                self._working = False
                 while not (self._closing or self._waiting or self._controls or any(s.busy for s in self._slots)):
                     self._cond.wait()
                 if self._closing:
                     break
+                self._working = True  # (llama.cpp's threads, an RPC connection's, work for this engine)
                 self._control()
                 self._admit()
             try:
@@ -332,9 +361,7 @@ class Engine(Resource):
                 break
             handle = self._waiting.popleft()
             prompt = list(handle.request.prompt)
-            # Longest shared prefix wins; among equals, the least recently used slot.
-            slot = max(free, key=lambda s: (_common_prefix(s.cached, prompt), -s.last_used))
-            self._start(slot, handle, prompt)
+            self._start(max(free, key=functools.partial(_fit, prompt)), handle, prompt)
         self._stats.set(queue_depth=len(self._waiting), busy_sequences=sum(s.busy for s in self._slots))
 
     def _drop(self, handle: RequestHandle, reason: FinishReason, error: HostError | None = None) -> None:
@@ -345,11 +372,19 @@ class Engine(Resource):
     def _start(self, slot: _Slot, handle: RequestHandle, prompt: list[int]) -> None:
         # Keep the shared prefix, but evaluate at least one token to get fresh logits (all of
         # them when the prompt's log-probabilities are asked for).
-        keep = 0 if handle.request.prompt_logprobs else min(_common_prefix(slot.cached, prompt), len(prompt) - 1)
-        donor = self._donor(slot, prompt, keep) if not handle.request.prompt_logprobs else None
-        if donor is not None:  # a sequence at work holds more of this prompt: start from a copy of it
+        scored = handle.request.prompt_logprobs
+        keep = 0 if scored else min(common_prefix(slot.cached, prompt), len(prompt) - 1)
+        donor = self._donor(slot, prompt, keep) if not scored else None
+        # (taken before the slot's own state is saved, which may need room the cache makes)
+        saved = None if scored or self._cache is None else self._cache.take(
+            prompt, (keep if donor is None else common_prefix(donor.cached, prompt)) + MIN_COPY - 1)
+        if self._cache is not None and len(slot.cached) - keep >= MIN_COPY and not self._keep_state(slot):
+            saved = None  # (a conversation is overwritten: kept, unless llama.cpp cannot serialise it)
+        if saved is not None:  # a conversation that left its slot continues: its cells come back
+            keep = self._restore_state(slot, saved.tokens, saved.state, prompt)
+        elif donor is not None:  # a sequence at work holds more of this prompt: start from a copy of it
             self.ctx.copy(donor.seq_id, slot.seq_id)
-            keep = min(_common_prefix(donor.cached, prompt), len(prompt) - 1)
+            keep = min(common_prefix(donor.cached, prompt), len(prompt) - 1)
         if not self.ctx.remove(slot.seq_id, keep, -1):
             keep = 0
             self.ctx.remove(slot.seq_id, 0, -1)
@@ -366,6 +401,44 @@ class Engine(Resource):
         slot.prompt_logprobs = [None] if handle.request.prompt_logprobs else None
         self._stats.add(cached_tokens=keep)
 
+    def _keep_state(self, slot: _Slot) -> bool:
+        """Save the slot's KV state in the prompt cache, before another prompt overwrites it;
+        False when llama.cpp cannot (the cache is then off)."""
+        state = self.ctx.sequence_state(slot.seq_id)
+        if not state:
+            self._cache_refused("llama.cpp could not serialise a sequence")
+            return False
+        self._cache.put(slot.cached, state)
+        self._cache_stats()
+        return True
+
+    def _restore_state(self, slot: _Slot, tokens: list[int], state: bytes, prompt: list[int]) -> int:
+        """Load a saved state into the slot; the prompt tokens it spares evaluating (0 if refused)."""
+        self.ctx.remove(slot.seq_id, 0, -1)
+        slot.cached = []
+        if not self.ctx.set_sequence_state(slot.seq_id, state):
+            self.ctx.remove(slot.seq_id, 0, -1)
+            self._cache_refused("llama.cpp refused a saved sequence state")
+            return 0
+        slot.cached = tokens
+        keep = min(common_prefix(tokens, prompt), len(prompt) - 1)
+        self._cache.stats.hits += 1
+        self._cache.stats.restored_tokens += keep
+        self._cache_stats()
+        return keep
+
+    def _cache_refused(self, why: str) -> None:
+        """A memory layout whose states llama.cpp cannot save or load: no prompt cache, said once."""
+        log.warning("%s: the prompt cache is off for %s (prompts are evaluated afresh)", why, self.model.path.name)
+        self._cache.clear()
+        self._cache_stats()
+        self._cache = None
+
+    def _cache_stats(self) -> None:
+        c = self._cache.stats
+        self._stats.set(prompt_cache_entries=c.entries, prompt_cache_bytes=c.bytes, prompt_cache_hits=c.hits,
+                        prompt_cache_tokens=c.restored_tokens)
+
     def _donor(self, slot: _Slot, prompt: list[int], keep: int) -> _Slot | None:
         """A busy sequence whose cached tokens share at least ``MIN_COPY`` more of ``prompt``
         than ``slot`` does (the ``n`` choices of one request, or a request arriving while its
@@ -373,8 +446,8 @@ class Engine(Resource):
         busy = [s for s in self._slots if s.busy and s is not slot]
         if not busy:
             return None
-        donor = max(busy, key=lambda s: _common_prefix(s.cached, prompt))
-        return donor if _common_prefix(donor.cached, prompt) >= keep + MIN_COPY else None
+        donor = max(busy, key=lambda s: common_prefix(s.cached, prompt))
+        return donor if common_prefix(donor.cached, prompt) >= keep + MIN_COPY else None
 
     def _step(self) -> None:
         batch = self._batch

@@ -107,3 +107,23 @@ def system_features() -> dict[str, str]:
 def supports_gpu_offload() -> bool:
     init_backend()
     return bool(C.llama_supports_gpu_offload())
+
+
+def loaded_library(stem: str) -> ctypes.CDLL:
+    """``stem`` (``libggml``, ``libggml-base``) as libllama loaded it. A wheel holds no symbolic
+    links, so llama-cpp-python's lib folder has copies (libggml.so, libggml.so.0, ...) that would
+    load as separate libraries, each with its own state (backend registry, abort callback): the
+    one libllama uses is its NEEDED soname (libggml.so.0), mapped since libllama loaded."""
+    init_backend()
+    try:
+        with open("/proc/self/maps") as maps:
+            mapped = {line.split()[-1] for line in maps if f"/{stem}.so." in line}
+    except OSError:  # (not Linux: the copies' names differ there; take the plain one)
+        mapped = set()
+    sonamed = sorted(p for p in mapped if re.fullmatch(re.escape(stem) + r"\.so\.\d+", p.rsplit("/", 1)[-1]))
+    if sonamed:
+        return ctypes.CDLL(sonamed[0])
+    import llama_cpp._ctypes_extensions as ext
+    from pathlib import Path
+
+    return ext.load_shared_library(stem.removeprefix("lib"), Path(C.__file__).parent / "lib")

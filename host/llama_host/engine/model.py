@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from llama_host.engine import lib
@@ -99,8 +100,11 @@ class Model(Resource):
         n_gpu_layers: int | None = None,
         vocab_only: bool = False,
         extra_buffer_types: bool | None = None,
+        tensor_split: Sequence[float] | None = None,
     ) -> None:
-        """``extra_buffer_types``: AMX and weight-repacking kernels; None: where they run here."""
+        """``extra_buffer_types``: AMX and weight-repacking kernels; None: where they run here.
+        ``tensor_split``: the share of the offloaded layers each device holds, in ggml's device
+        order (llama-server's --tensor-split); None: by their free memory."""
         lib.init_backend()
         self.path = Path(path)
         if not self.path.is_file():
@@ -109,6 +113,9 @@ class Model(Resource):
         params.n_gpu_layers = offload_layers(target) if n_gpu_layers is None else n_gpu_layers
         params.vocab_only = vocab_only
         params.use_extra_bufts = _extra_buffer_types_safe() if extra_buffer_types is None else extra_buffer_types
+        if tensor_split:
+            split = (ctypes.c_float * C.llama_max_devices())(*tensor_split[:C.llama_max_devices()])
+            params.tensor_split = split  # (read during the load only)
         with lib.errors() as said:
             self._ptr = C.llama_model_load_from_file(os.fsencode(self.path), params)
         if not self._ptr:

@@ -18,6 +18,10 @@ class EngineStats:
     decode_seconds: float = 0.0  # time spent in llama_decode
     ttft_seconds_sum: float = 0.0  # time to first token, summed over requests that produced one
     ttft_count: int = 0
+    prompt_cache_entries: int = 0  # conversations' KV states kept in host memory
+    prompt_cache_bytes: int = 0
+    prompt_cache_hits: int = 0  # prompts that got one back
+    prompt_cache_tokens: int = 0  # prompt tokens those spared evaluating
 
 
 class StatsRecorder:
