@@ -115,6 +115,24 @@ def test_llm_api_config_file(model_path, tmp_path):
         s.stop()
 
 
+def test_a_config_files_models_dir_is_served_on_demand(model_path, tmp_path):
+    """Without an llm-api model (setup_params.filename), models-dir is llama-host's --models-dir,
+    relative to the file."""
+    import shutil
+
+    (tmp_path / "models").mkdir()
+    shutil.copy(model_path("tiny"), tmp_path / "models" / "little.gguf")
+    (tmp_path / "config.yaml").write_text("models-dir: models\nmodels-max: 1\n")
+    s = Server(["--config", str(tmp_path / "config.yaml")])
+    try:
+        listed = httpx.get(s.url + "/v1/models").json()["data"]
+        assert [m["id"] for m in listed] == ["little"]
+        r = httpx.post(s.url + "/v1/completions", json={"model": "little", "prompt": "hi", "max_tokens": 2})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2, r.text
+    finally:
+        s.stop()
+
+
 def test_bad_config_files(tmp_path):
     import subprocess
     import sys

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from llama_host.engine import amx, lib, model as model_mod
 from llama_host.engine.context import Context
 from llama_host.engine.generate import FinishReason, Generation, generate
 from llama_host.errors import PromptTooLong
-from llama_host.engine.model import Model, ModelLoadError, Target
+from llama_host.engine.model import LoadCancelled, Model, ModelLoadError, Target
 from llama_host.modelgen import PRESETS
 
 
@@ -66,6 +67,14 @@ def test_close_is_idempotent_and_final(model_path):
     m.close()
     with pytest.raises(RuntimeError, match="closed"):
         m.ptr
+
+
+def test_a_cancelled_load_stops_and_says_so(model_path):
+    cancel = threading.Event()
+    Model(model_path("tiny"), cancel=cancel).close()  # not set: loads as usual
+    cancel.set()
+    with pytest.raises(LoadCancelled, match="cancelled"):
+        Model(model_path("tiny"), cancel=cancel)
 
 
 def test_missing_file(tmp_path):

@@ -3,6 +3,7 @@ shutdown under load do to a live server. Each case once killed, wedged or leaked
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -78,16 +79,45 @@ def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path, content, words):
     assert words in one_error_line(cli("--config", str(path)))
 
 
-def test_sigterm_while_loading_exits_cleanly(model_path):
+def _start_loading(model_path) -> subprocess.Popen:
+    """A server started and past the line that says its model is loading."""
     proc = subprocess.Popen([sys.executable, "-m", "llama_host.cli", "--socket-addr", "127.0.0.1:0",
-                             f"--nn-preload=default:GGML:CPU:{model_path('tiny')}", "default", "chatml"],
+                             f"--nn-preload=default:GGML:CPU:{model_path('small')}", "default", "chatml"],
                             stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
         if "loading default" in line:
-            break
-    proc.send_signal(signal.SIGTERM)  # while loading, or just after: a clean stop either way
-    assert proc.wait(30) in (0, 130)
-    assert "Traceback" not in proc.stderr.read()
+            return proc
+    raise AssertionError(f"the server never said it was loading (exit status {proc.wait()})")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.03, 0.3])
+def test_sigterm_while_loading_exits_cleanly(model_path, delay):
+    proc = _start_loading(model_path)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)  # while loading (exit 130), or after it (a server that stops: 0)
+    rc = proc.wait(30)
+    err = proc.stderr.read()
+    assert rc in (0, 130), err
+    assert ("llama-host: interrupted" in err) == (rc == 130), err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_signals_during_a_load_are_never_swallowed(model_path):
+    # A signal handler that raises can land in llama.cpp's log callback, where ctypes swallows
+    # the exception and the load goes on into a server nobody stops. A storm of signals lands
+    # one there nearly every time.
+    proc = _start_loading(model_path)
+    deadline = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        time.sleep(0.002)
+    rc = proc.poll()
+    if rc is None:
+        proc.kill()
+    err = proc.stderr.read()
+    assert rc in (0, 130, -signal.SIGTERM), err  # (-SIGTERM: one that came as Python had reset its handlers to exit)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
 
 
 # --- a live server ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from llama_host import config as config_file
 from llama_host.bridge.runner import GuestLoadError, RunnerConfig
 from llama_host.engine import devices, lib
 from llama_host.engine.engine import EngineConfig
-from llama_host.engine.model import Target
+from llama_host.engine.model import LoadCancelled, Target
 from llama_host.http_protocol import BoundedHttpToolsProtocol
 from llama_host.preload import Preload, PreloadError, PreloadFetchError, parse_preloads
 from llama_host.models_dir import ModelFile, scan
@@ -290,8 +290,9 @@ def serve(
         except devices.RpcError as e:
             raise StartError(str(e)) from None
     free_before = {d.name: d.free_bytes for d in devices.devices()}
+    stop = _stop_on_signals()
     registry, serving = _load(preloads, engine_config, n_gpu_layers, routes, defaults, reasoning_format,
-                              POOLING.get(pooling), on_demand=on_demand, limits=limits, tensor_split=split)
+                              POOLING.get(pooling), on_demand=on_demand, limits=limits, tensor_split=split, stop=stop)
     settings = dataclasses.replace(settings, devices=_device_view(free_before))
     state = State(settings, registry, serving)
     log.info("llama-host %s listening on http://%s:%d, serving %s", __version__, host, bound_port,
@@ -300,7 +301,7 @@ def serve(
     config = uvicorn.Config(create_app(state), host=host, port=bound_port, log_level=log_level.lower(),
                             timeout_graceful_shutdown=shutdown_grace + SHUTDOWN_DRAIN_S,
                             timeout_keep_alive=timeout_keep_alive, access_log=level <= logging.DEBUG, http=protocol)
-    _Server(config, state, shutdown_grace).run()  # a port it cannot bind: uvicorn logs why and exits 1
+    _Server(config, state, shutdown_grace, stop).run()  # a port it cannot bind: uvicorn logs why and exits 1
 
 
 SHUTDOWN_DRAIN_S = 5.0  # after the shutdown grace, how long the ending errors get to reach their clients
@@ -310,30 +311,46 @@ class StartError(Exception):
     """The server cannot start (a model does not load): one line, exit status 1."""
 
 
+def _stop_on_signals() -> threading.Event:
+    """From now until the server takes over its signals, SIGTERM and Ctrl-C only set the event
+    returned: the load checks it between steps (and llama.cpp at each progress report of a model
+    load), then stops with exit 130. (Raising KeyboardInterrupt from the handler is not safe here:
+    it can land in llama.cpp's log callback, where ctypes swallows it, and the load would go on
+    into a server nobody has stopped.)"""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _signum, _frame: stop.set())
+    return stop
+
+
 def _load(preloads: list[Preload], engine_config: EngineConfig, n_gpu_layers: int | None,
           routes: list[ModelRoute], defaults: dict, reasoning_format: str,
-          pooling: int | None = None, *, on_demand: list[ModelFile] | None = None,
-          limits: Limits = Limits(), tensor_split: tuple[float, ...] | None = None) -> tuple[ModelRegistry, Serving]:
+          pooling: int | None = None, *, on_demand: list[ModelFile] | None = None, limits: Limits = Limits(),
+          tensor_split: tuple[float, ...] | None = None, stop: threading.Event) -> tuple[ModelRegistry, Serving]:
     """Loads every model before the server listens, so a model that cannot be served stops it
-    with one line instead of leaving a server up that answers nothing. SIGTERM or Ctrl-C
-    meanwhile stop it (exit 130)."""
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with one line instead of leaving a server up that answers nothing. ``stop`` set meanwhile
+    frees what was loaded and raises KeyboardInterrupt."""
     try:
         registry = ModelRegistry.load(preloads, engine_config, n_gpu_layers=n_gpu_layers, pooling=pooling,
-                                      tensor_split=tensor_split,
-                                      on_demand=on_demand or (), limits=limits)
-        try:
-            serving = Serving(registry, routes, defaults=defaults, runner_config=RunnerConfig(templates_dir=templates_dir()),
-                              system_fingerprint=f"llama-host-{__version__}", reasoning_format=reasoning_format)
-        except BaseException:
-            registry.close()
-            raise
+                                      tensor_split=tensor_split, on_demand=on_demand or (), limits=limits,
+                                      cancel=stop)
     except LoadError as e:
         raise StartError(str(e)) from None
+    except LoadCancelled:
+        raise KeyboardInterrupt from None
+    try:
+        if not stop.is_set():
+            serving = Serving(registry, routes, defaults=defaults, runner_config=RunnerConfig(templates_dir=templates_dir()),
+                              system_fingerprint=f"llama-host-{__version__}", reasoning_format=reasoning_format)
     except GuestLoadError as e:
+        registry.close()
         raise StartError(f"cannot load the guest: {e}") from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    except BaseException:
+        registry.close()
+        raise
+    if stop.is_set():
+        registry.close()
+        raise KeyboardInterrupt
     return registry, serving
 
 
@@ -343,10 +360,11 @@ class _Server(uvicorn.Server):
     stream: an error event and ``[DONE]``) and exits 0 (uvicorn would cancel them mid-body, then
     re-raise the signal and so kill the process)."""
 
-    def __init__(self, config: uvicorn.Config, state: State, grace: float) -> None:
+    def __init__(self, config: uvicorn.Config, state: State, grace: float, stop: threading.Event) -> None:
         super().__init__(config)
         self.state = state
         self.grace = grace
+        self.stop = stop  # a signal that came after the load: it stops the server as soon as it is up
 
     async def shutdown(self, sockets=None) -> None:  # noqa: ANN001 - uvicorn's signature
         deadline = asyncio.get_running_loop().call_later(self.grace, self.state.end_streams)
@@ -358,6 +376,8 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):  # noqa: ANN201
         previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if self.stop.is_set():
+            self.handle_exit(signal.SIGTERM, None)
         try:
             yield
         finally:
@@ -459,11 +479,10 @@ def main(argv: list[str] | None = None) -> None:
     app.command()(SUBCOMMANDS[name] if name else serve)
     command = typer.main.get_command(app)
     try:
-        command.main(args=args[1:] if name else args, prog_name=" ".join(filter(None, ("llama-host", name))),
-                     standalone_mode=False, auto_envvar_prefix="LLAMA_HOST")
+        code = command.main(args=args[1:] if name else args, prog_name=" ".join(filter(None, ("llama-host", name))),
+                            standalone_mode=False, auto_envvar_prefix="LLAMA_HOST")
     except (typer.Abort, KeyboardInterrupt):
-        print("llama-host: interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 130
     except (UsageError, typer.TyperException) as e:
         message = e.format_message() if hasattr(e, "format_message") else str(e)
         print(f"llama-host: error: {message}", file=sys.stderr)
@@ -471,6 +490,9 @@ def main(argv: list[str] | None = None) -> None:
     except StartError as e:
         print(f"llama-host: error: {e}", file=sys.stderr)
         sys.exit(1)
+    if code == 130:  # (typer returns a KeyboardInterrupt as the exit status 130)
+        print("llama-host: interrupted", file=sys.stderr)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -94,3 +94,7 @@ def _from_llm_api(data: dict, defaults: dict, path: Path) -> None:
             log.warning("%s: model_params.%s is not used by llama-host", path, key)
     if "host" in data or "port" in data:
         defaults.setdefault("socket_addr", f"{data.get('host', '0.0.0.0')}:{data.get('port', 8000)}")
+    given = data.get("models_dir", data.get("models-dir"))
+    if given is not None and "filename" not in setup:  # (no llm-api model in it: llama-host's --models-dir)
+        folder = Path(str(given)).expanduser()
+        defaults.setdefault("models_dir", folder if folder.is_absolute() else path.parent / folder)

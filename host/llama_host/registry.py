@@ -15,7 +15,7 @@ from pathlib import Path
 from llama_host.engine import Engine, EngineConfig, Model, lib
 from llama_host.engine.context import ContextError
 from llama_host.engine.engine import UnservableConfig
-from llama_host.engine.model import ModelLoadError, Target
+from llama_host.engine.model import LoadCancelled, ModelLoadError, Target
 from llama_host.engine.embed import Embedder
 from llama_host.errors import (
     EngineClosed, HostError, InsufficientMemory, ModelBusy, ModelLoadFailed, ModelNotFound, ModelPreloaded,
@@ -39,14 +39,15 @@ class ServedModel:
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
     @classmethod
-    def load(cls, name: str, preload_path, config: EngineConfig, **model_args) -> ServedModel:
+    def load(cls, name: str, preload_path, config: EngineConfig, pooling: int | None = None,
+             **model_args) -> ServedModel:
         model = Model(preload_path, **model_args)
         try:
             engine = Engine(model, config)
         except BaseException:
             model.close()
             raise
-        return cls(name, model, engine)
+        return cls(name, model, engine, pooling)
 
     def embedder(self) -> Embedder:
         """Created on first use: an embeddings context costs memory few deployments need."""
@@ -195,6 +196,7 @@ class ModelRegistry(Resource):
         self._tensor_split = tensor_split
         self._cond = threading.Condition(threading.Lock())
         self._closing = False
+        self._cancel = threading.Event()  # set by close(): on-demand loads under way stop
         self._entries: dict[str, _Entry] = {}
         for m in models or []:
             memory = file_bytes(m.model.path) + m.model.kv_bytes_per_token() * self._cells  # (as estimate_bytes)
@@ -214,32 +216,33 @@ class ModelRegistry(Resource):
     def load(
         cls, preloads: list[Preload], config: EngineConfig = EngineConfig(), n_gpu_layers: int | None = None,
         pooling: int | None = None, *, on_demand: Sequence[ModelFile] = (), limits: Limits = Limits(),
-        tensor_split: tuple[float, ...] | None = None,
+        tensor_split: tuple[float, ...] | None = None, cancel: threading.Event | None = None,
     ) -> ModelRegistry:
         """Loads the preloads now (``n_gpu_layers`` overrides what each one's target implies);
         ``on_demand`` models wait for a request. A preload that does not load raises
-        :class:`LoadError`, after freeing the ones loaded before it."""
+        :class:`LoadError`, after freeing the ones loaded before it; ``cancel`` set meanwhile
+        stops the load with LoadCancelled, freeing everything."""
         loaded: list[ServedModel] = []
         try:
             for p in preloads:
+                if cancel is not None and cancel.is_set():
+                    raise LoadCancelled("the load was cancelled")
                 log.info("loading %s from %s (target %s)", p.name, p.path, p.target.name)
                 try:
-                    served = ServedModel.load(p.name, p.path, config, target=p.target, n_gpu_layers=n_gpu_layers,
-                                              tensor_split=tensor_split)
+                    loaded.append(ServedModel.load(p.name, p.path, config, pooling, target=p.target,
+                                                   n_gpu_layers=n_gpu_layers, tensor_split=tensor_split, cancel=cancel))
                 except ModelLoadError as e:
                     raise LoadError(p, e.reason) from e
                 except (UnservableConfig, ContextError, OSError) as e:
                     raise LoadError(p, str(e)) from e
                 except MemoryError:
                     raise LoadError(p, "out of memory") from None
-                served.pooling = pooling
-                loaded.append(served)
+            return cls(loaded, on_demand=on_demand, config=config, n_gpu_layers=n_gpu_layers, pooling=pooling,
+                       limits=limits, tensor_split=tensor_split)
         except BaseException:
             for served in loaded:
                 served.close()
             raise
-        return cls(loaded, on_demand=on_demand, config=config, n_gpu_layers=n_gpu_layers, pooling=pooling, limits=limits,
-                   tensor_split=tensor_split)
 
     # --- lookups ------------------------------------------------------------------------------
 
@@ -438,17 +441,17 @@ class ModelRegistry(Resource):
 
     def _open(self, entry: _Entry) -> ServedModel:
         try:
-            served = ServedModel.load(entry.name, entry.path, self._config, target=entry.target,
-                                      n_gpu_layers=self._n_gpu_layers, tensor_split=self._tensor_split)
+            return ServedModel.load(entry.name, entry.path, self._config, self._pooling, target=entry.target,
+                                    n_gpu_layers=self._n_gpu_layers, tensor_split=self._tensor_split,
+                                    cancel=self._cancel)
+        except LoadCancelled:
+            raise EngineClosed() from None
         except ModelLoadError as e:
             reason = e.reason
         except (UnservableConfig, ContextError, OSError) as e:
             reason = str(e)
         except MemoryError:
             reason = "out of memory"
-        else:
-            served.pooling = self._pooling
-            return served
         raise ModelLoadFailed(f"cannot load the model '{entry.name}' ({entry.path.name}): {reason}")
 
     def _unload(self, entry: _Entry, why: str) -> None:
@@ -489,6 +492,7 @@ class ModelRegistry(Resource):
         """Frees every model, in use or not (the server has stopped its requests by then)."""
         with self._cond:
             self._closing = True
+            self._cancel.set()
             self._cond.notify_all()
         if self._expiry is not None:
             self._expiry.join()

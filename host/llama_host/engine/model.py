@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import subprocess
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +36,10 @@ class ModelLoadError(RuntimeError):
     def __init__(self, path: Path, reason: str) -> None:
         super().__init__(f"llama.cpp cannot load {path}: {reason}")
         self.reason = reason
+
+
+class LoadCancelled(Exception):
+    """The load stopped because its ``cancel`` event was set (the server was told to stop)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,10 +106,12 @@ class Model(Resource):
         vocab_only: bool = False,
         extra_buffer_types: bool | None = None,
         tensor_split: Sequence[float] | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         """``extra_buffer_types``: AMX and weight-repacking kernels; None: where they run here.
         ``tensor_split``: the share of the offloaded layers each device holds, in ggml's device
-        order (llama-server's --tensor-split); None: by their free memory."""
+        order (llama-server's --tensor-split); None: by their free memory. ``cancel``: once set,
+        llama.cpp stops the load at its next progress report and this raises LoadCancelled."""
         lib.init_backend()
         self.path = Path(path)
         if not self.path.is_file():
@@ -116,8 +123,13 @@ class Model(Resource):
         if tensor_split:
             split = (ctypes.c_float * C.llama_max_devices())(*tensor_split[:C.llama_max_devices()])
             params.tensor_split = split  # (read during the load only)
+        if cancel is not None:
+            progress = C.llama_progress_callback(lambda _done, _data: not cancel.is_set())
+            params.progress_callback = progress  # (called during the load only)
         with lib.errors() as said:
             self._ptr = C.llama_model_load_from_file(os.fsencode(self.path), params)
+        if not self._ptr and cancel is not None and cancel.is_set():
+            raise LoadCancelled(f"loading {self.path} was cancelled")
         if not self._ptr:
             raise ModelLoadError(self.path, lib.reason(said, "unknown error"))
         for line in said:
