@@ -252,7 +252,7 @@ def test_checked_grammars_parse_and_sample_in_a_small_stack(tiny_model):
         ctx.decode(batch)
 
         def work():
-            with Sampler(tiny_model, SamplingParams(temperature=0.0, grammar=text)) as sampler:
+            with Sampler(tiny_model, SamplingParams(temperature=0.0, grammar=text), context=64) as sampler:
                 out["token"] = sampler.sample(ctx, len(tokens) - 1)
 
         _run_with_stack(work, 256 * 1024)

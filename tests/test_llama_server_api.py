@@ -580,6 +580,29 @@ def test_pooling_none_refuses_openais_embeddings_and_keeps_serving(per_token):
     assert per_token.post("/embedding", json={"content": "ok"}).status_code == 200
 
 
+@pytest.mark.parametrize("content", [[-1], [1, 2**31 - 1], ["hi", 10**18], [[1], [2, 2**32 + 1]]])
+def test_pooling_none_refuses_token_ids_outside_the_vocabulary(per_token, content):
+    # (these reached llama_batch unchecked: a 500, and 2**32 + 1 wrapped around to a real token)
+    r = per_token.post("/embedding", json={"content": content})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "content" and "vocabulary" in error["message"], error
+    assert per_token.post("/embedding", json={"content": [1, 2]}).status_code == 200
+
+
+def test_pooling_none_bounds_the_size_of_its_answer(per_token, vocab):
+    from llama_host.compat.llama_server import MAX_TOKEN_EMBEDDING_NUMBERS
+
+    n_embd = len(per_token.post("/embedding", json={"content": [1]}).json()[0]["embedding"][0])
+    n_tokens = MAX_TOKEN_EMBEDDING_NUMBERS // n_embd + 1  # one token more than the answer may hold
+    per_input = 1000
+    content = [[1] * per_input for _ in range(-(-n_tokens // per_input))]
+    r = per_token.post("/embedding", json={"content": content})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "content", r.text[:300]
+    assert "at most" in r.json()["error"]["message"]
+    assert per_token.post("/embedding", json={"content": "ok"}).status_code == 200
+
+
 # --- /rerank -------------------------------------------------------------------------------------
 
 

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from hostile_ggufs import damaged, zero_layers
 from live import Server
 
 
@@ -37,24 +37,22 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
 # --- model files and flags: refused before the server listens --------------------------------
 
 
-def _gguf_damage(data: bytes, kind: str) -> bytes:
-    """GGUF v3: magic, version u32, n_tensors u64, n_kv u64, then key/value pairs, each key a
-    u64 length + bytes."""
-    if kind == "truncated":
-        return data[: len(data) // 2]
-    if kind == "2**40 tensors":
-        return data[:8] + struct.pack("<Q", 1 << 40) + data[16:]
-    if kind == "2**60-byte string":
-        return data[:24] + struct.pack("<Q", 1 << 60) + data[32:]
-    raise AssertionError(kind)
-
-
-@pytest.mark.parametrize("kind", ["truncated", "2**40 tensors", "2**60-byte string"])
+@pytest.mark.parametrize("kind", ["truncated", "2**40 tensors", "2**60-byte string", "0 layers"])
 def test_a_model_llama_cpp_cannot_load_stops_the_cli_with_one_line(model_path, tmp_path, kind):
     bad = tmp_path / "bad.gguf"
-    bad.write_bytes(_gguf_damage(model_path("tiny").read_bytes(), kind))
+    bad.write_bytes(damaged(model_path("tiny").read_bytes(), kind))
     line = one_error_line(cli(f"--nn-preload=default:GGML:CPU:{bad}", "default", "chatml"))
     assert str(bad) in line and "cannot load" in line
+
+
+def test_an_abort_loading_the_second_model_stops_the_cli_with_one_line(model_path, tmp_path):
+    # The first model's engine had installed the abort handler, which parked the loading (main)
+    # thread for good: the server hung, neither serving nor exiting. (Alone, it was killed: SIGABRT.)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(zero_layers(model_path("tiny").read_bytes()))
+    line = one_error_line(cli(f"--nn-preload=good:GGML:CPU:{model_path('tiny')}", f"--nn-preload=bad:GGML:CPU:{bad}",
+                              "--ctx-size", "1024", "good", "chatml", timeout=60))
+    assert "'bad'" in line and "llama.cpp aborted" in line and "GGML_ASSERT" in line
 
 
 @pytest.mark.parametrize("args,words", [
@@ -169,6 +167,27 @@ def test_an_abandoned_non_streamed_request_stops_generating(server):
     assert metric(server, "llama_host_generated_tokens_total") == stopped  # nothing decodes for them
     # Each ran for about its client's 1.5 s, not to the end of its 8192-token context.
     assert stopped - before < 4 * 8000
+    assert server.healthy()
+
+
+def peak_rss(server: Server) -> int:
+    """The server's peak resident memory so far, bytes (Linux VmHWM)."""
+    with open(f"/proc/{server.proc.pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ("/completion", {"prompt": "hi"}),
+])
+def test_a_huge_penalty_window_allocates_no_more_than_the_context(server, path, body):
+    # llama.cpp allocates the penalties' window up front: 2^31 - 1 tokens were 8 GiB per request.
+    before = peak_rss(server)
+    r = httpx.post(server.url + path, timeout=60, json={
+        **body, "model": "default", "max_tokens": 4, "n_predict": 4, "repeat_penalty": 1.3,
+        "repeat_last_n": 2**31 - 1})
+    assert r.status_code == 200, r.text
+    assert peak_rss(server) - before < 256 << 20
     assert server.healthy()
 
 

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from hostile_ggufs import zero_layers
 from live import Server
 from llama_host import modelgen
 from llama_host.api import Llama
@@ -35,7 +36,12 @@ def models_dir(tmp_path_factory, model_path):
     (folder / "large.gguf").symlink_to(model_path("small", "q8_0"))
     (folder / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(range(256)) * 4)
     (folder / "junk.gguf").write_text("not a model")
+    (folder / "asserts.gguf").write_bytes(zero_layers(model_path("tiny").read_bytes()))  # llama.cpp aborts
     (folder / "notes.txt").write_text("skipped")
+    # Names no model id can be: not UTF-8 (lone surrogates in Python, which broke every JSON
+    # answer that lists the models), and a control character. Skipped, with a warning.
+    (folder / "bad-\udcff.gguf").symlink_to(modelgen.build("tiny", seed=5))
+    (folder / "bell\x07.gguf").symlink_to(modelgen.build("tiny", seed=5))
     return folder
 
 
@@ -69,8 +75,11 @@ def loads(server, model: str) -> int:
 
 def test_every_gguf_file_is_listed_unloaded(server):
     listed = statuses(server)
-    assert sorted(listed) == ["alpha", "beta", "broken", "gamma", "junk", "large", "multi"]
+    assert sorted(listed) == ["alpha", "asserts", "beta", "broken", "gamma", "junk", "large", "multi"]
     assert all(s["value"] == "unloaded" for s in listed.values())
+    assert httpx.get(server.url + "/v1/info").status_code == 200
+    assert httpx.get(server.url + "/metrics").status_code == 200
+    assert "skipping 'bad-\\udcff.gguf'" in server.log()
     one = httpx.get(server.url + "/v1/models/alpha").json()
     assert one["id"] == "alpha" and one["status"]["value"] in ("unloaded", "loaded")
 
@@ -135,6 +144,20 @@ def test_a_file_that_does_not_load_fails_clearly_and_the_others_serve(server, mo
     status = statuses(server)[model]
     assert status["value"] == "unloaded" and status["failed"] is True and f"{model}.gguf" in status["error"]
     assert complete(server, "alpha").status_code == 200
+
+
+def test_a_model_llama_cpp_aborts_on_fails_clearly_once_and_the_others_serve(server):
+    # The abort parked the loading thread with the load unfinished: the model stayed "loading" and
+    # every request for it waited forever (and before any engine existed, it killed the process).
+    for _ in range(2):  # (the second is refused at once: what the abort left half-made stays held)
+        r = complete(server, "asserts")
+        assert r.status_code == 500, r.text
+        error = r.json()["error"]
+        assert error["code"] == "model_load_failed" and "llama.cpp aborted" in error["message"], error
+        assert "GGML_ASSERT" in error["message"] and "restart" in error["message"]
+    assert statuses(server)["asserts"]["value"] == "unloaded"
+    assert complete(server, "alpha").status_code == 200
+    assert server.healthy()
 
 
 def test_a_model_past_the_memory_budget_is_refused(server):

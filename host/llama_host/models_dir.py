@@ -44,6 +44,9 @@ def scan(folder: Path) -> list[ModelFile]:
         if split is not None and int(split["part"]) != 1:
             continue  # loaded with its first part
         name = split["stem"] if split is not None else path.stem
+        if not _servable_name(name):
+            log.warning("--models-dir: skipping %r: a model id must be printable UTF-8 (rename the file)", path.name)
+            continue
         if not _has_magic(path):
             log.warning("--models-dir: %s is not a GGUF file; requests for '%s' will fail", path.name, name)
         if name in found:
@@ -52,6 +55,16 @@ def scan(folder: Path) -> list[ModelFile]:
             continue
         found[name] = ModelFile(name, path)
     return list(found.values())
+
+
+def _servable_name(name: str) -> bool:
+    """A file name clients can send back as a model id: valid UTF-8 (Python keeps other bytes as
+    lone surrogates, which no JSON answer can carry) without control characters."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return name.isprintable()
 
 
 def file_bytes(path: Path) -> int:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from llama_host.engine import Engine, EngineConfig, Model, lib
+from llama_host.engine import Engine, EngineConfig, Model, aborts, lib
 from llama_host.engine.context import ContextError
 from llama_host.engine.engine import UnservableConfig
 from llama_host.engine.model import LoadCancelled, ModelLoadError, Target
@@ -152,6 +152,7 @@ class _Entry:
     memory: int = 0  # estimated bytes, while resident
     loads: int = 0
     failure: str | None = None
+    broken: ModelLoadFailed | None = None  # llama.cpp aborted loading it: never loaded again
 
     @property
     def state(self) -> ModelState:
@@ -229,10 +230,12 @@ class ModelRegistry(Resource):
                     raise LoadCancelled("the load was cancelled")
                 log.info("loading %s from %s (target %s)", p.name, p.path, p.target.name)
                 try:
-                    loaded.append(ServedModel.load(p.name, p.path, config, pooling, target=p.target,
-                                                   n_gpu_layers=n_gpu_layers, tensor_split=tensor_split, cancel=cancel))
+                    loaded.append(aborts.call(ServedModel.load, p.name, p.path, config, pooling, target=p.target,
+                                              n_gpu_layers=n_gpu_layers, tensor_split=tensor_split, cancel=cancel))
                 except ModelLoadError as e:
                     raise LoadError(p, e.reason) from e
+                except aborts.Aborted as e:
+                    raise LoadError(p, str(e)) from None
                 except (UnservableConfig, ContextError, OSError) as e:
                     raise LoadError(p, str(e)) from e
                 except MemoryError:
@@ -351,6 +354,8 @@ class ModelRegistry(Resource):
                 raise EngineClosed()
             if entry.served is not None:
                 return entry.served
+            if entry.broken is not None:
+                raise ModelLoadFailed(str(entry.broken))
             if entry.loading is None:
                 self._load(entry, deadline)
                 continue
@@ -441,9 +446,13 @@ class ModelRegistry(Resource):
 
     def _open(self, entry: _Entry) -> ServedModel:
         try:
-            return ServedModel.load(entry.name, entry.path, self._config, self._pooling, target=entry.target,
-                                    n_gpu_layers=self._n_gpu_layers, tensor_split=self._tensor_split,
-                                    cancel=self._cancel)
+            return aborts.call(ServedModel.load, entry.name, entry.path, self._config, self._pooling,
+                               target=entry.target, n_gpu_layers=self._n_gpu_layers, tensor_split=self._tensor_split,
+                               cancel=self._cancel)
+        except aborts.Aborted as e:  # (what it left half-made is held by a parked thread: no second try)
+            entry.broken = ModelLoadFailed(f"cannot load the model '{entry.name}' ({entry.path.name}): {e}; "
+                                           "restart the server to try again")
+            raise entry.broken from None
         except LoadCancelled:
             raise EngineClosed() from None
         except ModelLoadError as e:

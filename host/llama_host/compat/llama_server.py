@@ -79,14 +79,21 @@ def completion_request(body: Any) -> dict:
     return out
 
 
-def tokenize_prompt(model, prompt: str | list, *, special: bool = True) -> list[int]:
-    """A prompt's tokens as llama-server makes them: token ids as given, strings tokenized; BOS
-    (where the model wants one) only when the prompt starts with a string."""
+def tokenize_prompt(model, prompt: str | list, *, special: bool = True, param: str = "prompt") -> list[int]:
+    """A prompt's tokens as llama-server makes them: token ids as given (each checked against the
+    vocabulary), strings tokenized; BOS (where the model wants one) only when the prompt starts
+    with a string."""
     if isinstance(prompt, str):
         return model.tokenize(prompt, special=special)
     out: list[int] = []
     for i, part in enumerate(prompt):
-        out += model.tokenize(part, add_bos=None if i == 0 else False, special=special) if isinstance(part, str) else [part]
+        if isinstance(part, str):
+            out += model.tokenize(part, add_bos=None if i == 0 else False, special=special)
+        elif 0 <= part < model.n_vocab:
+            out.append(part)
+        else:
+            raise CompatError(param, f"token id {part} is not in the model's vocabulary "
+                              f"(0 to {model.n_vocab - 1})")
     return out
 
 
@@ -358,10 +365,17 @@ def embedding_response(request: dict, answer: dict, _seconds: float) -> list[dic
     return [{"index": d["index"], "embedding": [_normalized(d["embedding"], request["_normalize"])]} for d in answer["data"]]
 
 
+MAX_TOKEN_EMBEDDING_NUMBERS = 1 << 24  # per request: a 4096-token input of a 4096-wide model (~300 MB of JSON)
+
+
 def token_embeddings(served, body: Any) -> list[dict]:
     """``/embedding`` with ``--pooling none``: per input, each token's hidden state, unnormalised
     (as llama-server gives them; ``embd_normalize`` applies to pooled vectors only)."""
-    inputs = [tokenize_prompt(served.model, p) for p in prompts(embedding_request(body)["input"])]
+    inputs = [tokenize_prompt(served.model, p, param="content") for p in prompts(embedding_request(body)["input"])]
+    numbers = sum(map(len, inputs)) * served.model.info.n_embd
+    if numbers > MAX_TOKEN_EMBEDDING_NUMBERS:
+        raise CompatError("content", f"the answer would hold {numbers} numbers (tokens × {served.model.info.n_embd} "
+                          f"dimensions); at most {MAX_TOKEN_EMBEDDING_NUMBERS} per request")
     return [{"index": i, "embedding": served.embedder().token_vectors(ids).tolist()} for i, ids in enumerate(inputs)]
 
 

@@ -5,7 +5,9 @@ naming the reason, /health reports them) and the aborting thread parks for good,
 llama.cpp state it held, so the rest of the server keeps serving.
 
 Which engines: the one whose scheduler thread aborts, or, when another thread does (a ggml worker
-thread, an RPC connection's sender), every engine at work (not idle) at that moment.
+thread, an RPC connection's sender), every engine at work (not idle) at that moment. Work outside
+the engines (loading a model: a GGUF that trips a check, a worker lost mid-upload) runs through
+``call``, in a thread of its own whose abort is its caller's exception.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import ctypes
 import logging
 import threading
 import weakref
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from llama_host.engine import lib
 
@@ -32,6 +35,44 @@ _engines: weakref.WeakSet = weakref.WeakSet()
 _lock = threading.Lock()
 _installed: list = []  # the callback, kept alive as long as ggml may call it
 _parked = threading.Event()  # (never set)
+_calls: dict[int, Callable[[str], None]] = {}  # thread id -> what to do when it aborts (``call``)
+
+T = TypeVar("T")
+
+
+class Aborted(RuntimeError):
+    """llama.cpp aborted in work run by ``call``; its thread is parked, holding what it held."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"llama.cpp aborted ({reason})")
+        self.reason = reason
+
+
+def call(work: Callable[..., T], *args, **kwargs) -> T:
+    """``work(*args, **kwargs)`` on a thread of its own, its result or exception returned or
+    raised here; where ggml aborts in it, Aborted is raised here instead (that thread never
+    returns), so a caller waiting for a load is answered rather than parked with it."""
+    install()
+    done = threading.Event()
+    outcome: list = []
+
+    def run() -> None:
+        with _lock:
+            _calls[threading.get_ident()] = lambda reason: (outcome.append(Aborted(reason)), done.set())
+        try:
+            outcome.append((work(*args, **kwargs),))
+        except BaseException as e:
+            outcome.append(e)
+        finally:
+            with _lock:
+                _calls.pop(threading.get_ident(), None)
+            done.set()
+
+    threading.Thread(target=run, name=f"guarded-{getattr(work, '__name__', 'work')}", daemon=True).start()
+    done.wait()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0][0]
 
 
 def watch(engine: Abortable) -> None:
@@ -57,10 +98,15 @@ def _on_abort(message: bytes | None) -> None:
     reason = (message or b"").decode("utf-8", "replace").strip()
     # (ggml prefixes the source file and line; the text after them says what happened)
     said = reason.split(": ", 1)[-1] if ": " in reason else reason
-    log.critical("llama.cpp aborted: %s", reason)
     try:
         with _lock:
             engines = list(_engines)
+            guarded = _calls.pop(threading.get_ident(), None)
+        if guarded is not None:  # (its caller says what failed)
+            log.info("llama.cpp aborted: %s", reason)
+            guarded(said)
+            _parked.wait()
+        log.critical("llama.cpp aborted: %s", reason)
         mine = [e for e in engines if e.aborted(said, own_thread=True)]
         if not mine:
             mine = [e for e in engines if e.aborted(said, own_thread=False)]

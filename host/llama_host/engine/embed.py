@@ -78,6 +78,9 @@ class Embedder(Resource):
             raise ValueError("nothing to embed: the input has no tokens")
         if len(tokens) > self.n_ctx:
             raise PromptTooLong(len(tokens), self.n_ctx)
+        n_vocab = self.model.n_vocab
+        if not all(0 <= t < n_vocab for t in tokens):  # (llama.cpp would refuse the batch)
+            raise ValueError(f"a token id is not in the model's vocabulary (0 to {n_vocab - 1})")
         with self._lock:
             self.ctx.clear()
             self._batch.clear()

@@ -40,7 +40,7 @@ class SamplingParams:
     repeat_penalty: float = 1.0  # 1.0: off
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    penalty_last_n: int = 64  # window of previous tokens the penalties look at (-1: context)
+    penalty_last_n: int = 64  # window of previous tokens the penalties look at (< 0: the context)
     seed: int | None = None  # None: random
     logit_bias: Mapping[int, float] = dataclasses.field(default_factory=dict)  # -inf bans a token
     grammar: str | None = None  # GBNF; see grammar_from_json_schema
@@ -60,6 +60,8 @@ class Sampler(Resource):
     grammar → (greedy | top-k → typical → top-p → min-p → temperature → seeded draw).
     ``sample`` also feeds the chosen token back into stateful samplers (penalties, grammar).
     ``ban`` adds tokens that must never be chosen (end-of-generation tokens for ignore_eos).
+    ``context`` is the sequence's context size: the penalties' window never exceeds it (llama.cpp
+    allocates the window up front, so a client's 2^31 would be 8 GiB per request).
 
     With a grammar, sampling is llama-server's (common_sampler_sample): the chain draws a token
     without the grammar, then the grammar checks only that token; only when it refuses does the
@@ -78,7 +80,8 @@ class Sampler(Resource):
     (``Model.spell``) and fed to the grammar, each token checked before it is accepted. Text the
     grammar refuses there (the word in prose) puts the grammar back to waiting."""
 
-    def __init__(self, model: Model, params: SamplingParams = GREEDY, *, ban: tuple[int, ...] = ()) -> None:
+    def __init__(self, model: Model, params: SamplingParams = GREEDY, *, context: int,
+                 ban: tuple[int, ...] = ()) -> None:
         self.params = params
         self.exhausted = False
         self._ptr = self._pre = self._grammar = self._post = None
@@ -94,11 +97,9 @@ class Sampler(Resource):
             entries = (C.llama_logit_bias * len(bias))(*(C.llama_logit_bias(t, b) for t, b in bias.items()))
             pre.append(C.llama_sampler_init_logit_bias(model.n_vocab, len(bias), entries))
         if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
-            pre.append(
-                C.llama_sampler_init_penalties(
-                    model.n_vocab, p.penalty_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
-                )
-            )
+            window = context if p.penalty_last_n < 0 else min(p.penalty_last_n, context)
+            pre.append(C.llama_sampler_init_penalties(model.n_vocab, window, p.repeat_penalty, p.frequency_penalty,
+                                                      p.presence_penalty))
         post = []
         if p.greedy:
             post.append(C.llama_sampler_init_greedy())
