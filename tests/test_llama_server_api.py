@@ -666,3 +666,18 @@ def test_bad_rerank_requests_are_a_400(reranker, body, param):
 def test_rerank_needs_a_reranker(http):
     r = http.post("/rerank", json={"query": "q", "documents": ["a"]})
     assert r.status_code == 501 and r.json()["error"]["type"] == "not_supported_error"
+
+
+def test_a_rerank_template_fills_its_places_in_one_pass(vocab):
+    from llama_host.compat.llama_server import rerank_tokens
+
+    class WithRerankTemplate:  # (the model's tokenizer, under a GGUF rerank template)
+        def chat_template(self, name):
+            return "<q>{query}</q><d>{document}</d>" if name == "rerank" else None
+
+        def tokenize(self, text):
+            return vocab.tokenize(text)
+
+    # A query that spells a place is text: the document went into it before.
+    tokens = rerank_tokens(WithRerankTemplate(), "about {document}", "DOC")
+    assert tokens == vocab.tokenize("<q>about {document}</q><d>DOC</d>")

@@ -13,6 +13,7 @@ Tokenizing needs no guest: ``tokenize`` and ``detokenize`` run on the model itse
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -390,7 +391,9 @@ def rerank_tokens(model, query: str, document: str) -> list[int]:
     model has of those)."""
     template = model.chat_template("rerank")
     if template:
-        return model.tokenize(template.replace("{query}", query).replace("{document}", document))
+        # (one pass: a query that says "{document}" is text, not a place for the document)
+        return model.tokenize(re.sub(r"\{(query|document)\}", lambda m: {"query": query, "document": document}[m[1]],
+                                     template))
     info, sep = model.info, model.sep_id
     tokens = [info.bos_id] if info.bos_id is not None else []
     tokens += model.tokenize(query, add_bos=False) + ([info.eos_id] if info.eos_id is not None else [])

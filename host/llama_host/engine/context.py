@@ -147,7 +147,7 @@ class Context(Resource):
         size = C.llama_state_seq_get_size(self.ptr, seq_id)
         buf = (ctypes.c_uint8 * size)()
         n = C.llama_state_seq_get_data(self.ptr, buf, size, seq_id)
-        return bytes(buf[:n])
+        return ctypes.string_at(buf, n)  # (one copy; slicing the array built a list of n ints: 0.6 s for 20 MB)
 
     def set_sequence_state(self, seq_id: int, state: bytes) -> bool:
         """Load what ``sequence_state`` gave into sequence ``seq_id`` (which should be empty).
