@@ -96,6 +96,7 @@ install_llama() { # $1: CFLAGS/CXXFLAGS
     "$VPY" -m pip install -q --force-reinstall --no-deps "$wheel"
     echo "$key" >.venv/.llama-build
   fi
+  printf '%s\n' "$1" >.venv/.llama-cflags # (bench/setup.sh builds llama.cpp's own tools the same way)
 }
 install_llama "$cflags"
 

@@ -28,9 +28,11 @@ die() { printf 'bench/setup.sh: error: %s\n' "$*" >&2; exit 1; }
 mkdir -p "$OUT"
 
 # --- llama.cpp tools -------------------------------------------------------------------------
-# The same AMX guard as build.sh: compile AMX out only where the CPU advertises it but faults.
-cflags=$("$PY" host/llama_host/engine/amx.py --cflags)
-[ -z "$cflags" ] || say "this CPU advertises AMX but AMX instructions fault: building llama.cpp without AMX"
+# The flags build.sh compiled llama-host's llama.cpp with (AMX left out where the CPU or the
+# compiler makes it crash), so that both sides run the same kernels.
+[ -f .venv/.llama-cflags ] || die ".venv/.llama-cflags is missing: run ./build.sh again"
+cflags=$(cat .venv/.llama-cflags)
+[ -z "$cflags" ] || say "building llama.cpp's tools as build.sh built llama-host's: $cflags"
 targets="llama-server llama-bench llama-batched-bench"
 missing=0
 for t in $targets; do [ -x "$BUILD/bin/$t" ] || missing=1; done
@@ -58,7 +60,6 @@ cmake_args="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 key="$backend-$(printf '%s|%s|%s|%s' "$LLAMA_CPP_PYTHON" "$cmake_args" "$cflags" "$(uname -m)" | cksum | cut -d' ' -f1)"
 WHEELS=${LLAMA_HOST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llama-host}/wheels
 wheel=$(ls "$WHEELS/$key"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl 2>/dev/null | head -n1 || true)
-[ -n "$wheel" ] || wheel=$(ls "$WHEELS"/*/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl 2>/dev/null | head -n1 || true)
 [ -n "$wheel" ] || die "no llama_cpp_python-$LLAMA_CPP_PYTHON wheel under $WHEELS: run ./build.sh first"
 VENV=$OUT/venv-lcp
 export PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -95,6 +95,37 @@ def test_n_probs_gives_completion_probabilities(http):
     assert all(p["logprob"] >= max(t["logprob"] for t in p["top_logprobs"]) for p in probs)  # greedy
 
 
+def test_logit_bias_in_each_of_llama_servers_forms(http, vocab):
+    def first(bias=None):
+        body = {"prompt": PROMPT, "n_predict": 1, "temperature": 0, **({"logit_bias": bias} if bias is not None else {})}
+        r = http.post("/completion", json=body)
+        assert r.status_code == 200, r.text
+        return r.json()["content"]
+
+    greedy = first()
+    (token,) = [t for t in range(vocab.n_vocab) if vocab.piece(t) == greedy.encode()]
+    for ban in ({str(token): False}, [[token, False]], [[token, -1000]]):
+        assert first(ban) != greedy, ban
+    (word,) = vocab.tokenize("hello", add_bos=False, special=False)  # (a text is biased token by token)
+    assert word != token
+    for boost in ({str(word): 100}, [[word, 100]], [["hello", 1e9]], {"hello": 100}):
+        assert first(boost) == vocab.piece(word).decode(), boost
+    assert first([["hello", False]]) == greedy != first([[greedy, False]])
+    assert first({str(word): 100, "999999999": 5, "-3": 5}) == vocab.piece(word).decode()  # (unknown ids: skipped)
+    assert first([]) == first({}) == greedy
+
+
+@pytest.mark.parametrize("bias, param", [
+    (5, "logit_bias"), ("x", "logit_bias"), ([[1]], "logit_bias[0]"), ([[1, "x"]], "logit_bias[0]"),
+    ([[{}, 1]], "logit_bias[0]"), ({"1": "x"}, "logit_bias.1"), ({"1": None}, "logit_bias.1"),
+    ([[1, True]], "logit_bias[0]"),
+])
+def test_malformed_logit_bias_is_a_400_naming_the_entry(server, http, bias, param):
+    r = http.post("/completion", json={"prompt": PROMPT, "n_predict": 1, "logit_bias": bias})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    assert server.healthy()
+
+
 def test_props_describe_the_served_model(http, vocab):
     props = http.get("/props").json()
     assert props["total_slots"] == 3 and props["chat_template"] == vocab.info.chat_template
@@ -511,6 +542,26 @@ def test_documented_shapes(http, title, url, body, leave_out):
                 "presence_penalty", "frequency_penalty", "stop", "max_tokens", "ignore_eos", "n_probs", "grammar", "samplers"}
         assert ours <= settings["params"].keys() and ours <= want["default_generation_settings"]["params"].keys()
         assert set(settings["params"]["samplers"]) <= set(want["default_generation_settings"]["params"]["samplers"]) | {"penalties"}
+
+
+def test_metrics_has_every_documented_name(http):
+    text = (vendor.llama_cpp_source() / "tools" / "server" / "README.md").read_text()
+    documented = re.findall(r"^\| `(llamacpp:\w+)` \| (Counter|Gauge) \|", text, re.M)
+    assert len(documented) >= 12
+    native(http, "metrics", 4)
+    metrics = http.get("/metrics").text
+    values = {name: float(v) for name, v in re.findall(r"^(llamacpp:\w+) (\S+)$", metrics, re.M)}
+    for name, kind in documented:
+        if name.endswith("_per_pos_total"):  # (absent while speculative decoding is off)
+            continue
+        assert name in values, name
+        if name != "llamacpp:n_tokens_max":  # (a counter not named _total there: a gauge here)
+            assert re.search(rf"^# TYPE {name.removesuffix('_total')}(_total)? {kind.lower()}$", metrics, re.M), name
+    assert values["llamacpp:prompt_seconds_total"] > 0 and values["llamacpp:tokens_predicted_seconds_total"] > 0
+    assert values["llamacpp:prompt_tokens_seconds"] > 0 and values["llamacpp:predicted_tokens_seconds"] > 0
+    assert 1 <= values["llamacpp:n_busy_slots_per_decode"] <= 3  # (3 slots)
+    assert values["llamacpp:n_tokens_max"] >= 5  # (a prompt token and 4 generated)
+    assert re.search(r'^llama_host_free_sequences\{model="default"\} 3\.0$', metrics, re.M)
 
 
 def test_saved_and_restored_slots_answer_as_documented(saver):

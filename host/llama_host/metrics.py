@@ -3,6 +3,7 @@ histograms (observed by the server), and the engines' own counters (read at scra
 
 from __future__ import annotations
 
+import operator
 import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -22,6 +23,8 @@ class _EngineCollector(Collector):
         gauges = {
             "queue_depth": GaugeMetricFamily("llama_host_queue_depth", "Requests waiting for a sequence", labels=["model"]),
             "busy_sequences": GaugeMetricFamily("llama_host_busy_sequences", "Sequences generating", labels=["model"]),
+            "free_sequences": GaugeMetricFamily("llama_host_free_sequences", "Sequences free for a new request "
+                                                "(a router's or an autoscaler's room)", labels=["model"]),
             "prompt_cache_entries": GaugeMetricFamily("llama_host_prompt_cache_entries",
                                                       "Conversations' KV states kept in host memory", labels=["model"]),
             "prompt_cache_bytes": GaugeMetricFamily("llama_host_prompt_cache_bytes", "Bytes those states take",
@@ -32,13 +35,17 @@ class _EngineCollector(Collector):
             "cached_tokens": CounterMetricFamily("llama_host_cached_tokens", "Prompt tokens reused from the KV cache", labels=["model"]),
             "generated_tokens": CounterMetricFamily("llama_host_generated_tokens", "Tokens generated", labels=["model"]),
             "decode_calls": CounterMetricFamily("llama_host_decode_calls", "llama_decode calls", labels=["model"]),
+            "prompt_seconds": CounterMetricFamily("llama_host_prompt_seconds", "Time finished requests spent on their "
+                                                  "prompts (admission to first token)", labels=["model"]),
+            "generation_seconds": CounterMetricFamily("llama_host_generation_seconds", "Time finished requests spent "
+                                                      "generating (first token to end)", labels=["model"]),
             "prompt_cache_hits": CounterMetricFamily("llama_host_prompt_cache_hits",
                                                      "Prompts that continued a conversation kept in host memory", labels=["model"]),
             "prompt_cache_tokens": CounterMetricFamily("llama_host_prompt_cache_tokens",
                                                        "Prompt tokens restored from host memory instead of evaluated",
                                                        labels=["model"]),
         }
-        totals = dict.fromkeys(LLAMACPP_NAMES, 0)
+        totals = dict.fromkeys(_TOTALS, 0)
         loaded = GaugeMetricFamily("llama_host_model_loaded", "1 while the model is loaded, else 0", labels=["model"])
         loads = CounterMetricFamily("llama_host_model_loads", "Times the model was loaded", labels=["model"])
         for name, status in self.registry.statuses().items():
@@ -53,23 +60,48 @@ class _EngineCollector(Collector):
                 stats = served.engine.stats()
             for key, family in (*gauges.items(), *counters.items()):
                 family.add_metric([name], getattr(stats, key))
-                if key in totals:
-                    totals[key] += getattr(stats, key)
+            totals = {k: (max if k == "n_tokens_max" else operator.add)(totals[k], getattr(stats, k)) for k in _TOTALS}
         yield from gauges.values()
         yield from counters.values()
         # llama-server's names, for the dashboards built on them (all models together, unlabelled)
-        for key, (kind, name, doc) in LLAMACPP_NAMES.items():
-            yield (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(name, doc, value=totals[key])
+        for kind, name, doc, value in LLAMACPP_NAMES:
+            if kind == "gauge":
+                yield GaugeMetricFamily(name, doc, value=value(totals))
+            else:
+                yield CounterMetricFamily(name.removesuffix("_total"), doc, value=value(totals))
 
 
-# Engine statistic -> llama-server's metric of the same meaning (its README's /metrics list).
-LLAMACPP_NAMES = {
-    "prompt_tokens": ("counter", "llamacpp:prompt_tokens", "Number of prompt tokens processed"),
-    "generated_tokens": ("counter", "llamacpp:tokens_predicted", "Number of generation tokens processed"),
-    "decode_calls": ("counter", "llamacpp:n_decode", "Total number of llama_decode() calls"),
-    "busy_sequences": ("gauge", "llamacpp:requests_processing", "Number of requests processing"),
-    "queue_depth": ("gauge", "llamacpp:requests_deferred", "Number of requests deferred"),
-}
+def _per(a: str, b: str):
+    return lambda t: t[a] / t[b] if t[b] else 0.0
+
+
+# llama-server's metrics (its README's /metrics list, by the names its samples have), from the
+# engines' statistics summed. (n_tokens_max, a high watermark with no _total, is a gauge here:
+# Prometheus' counters end in _total.)
+LLAMACPP_NAMES = (
+    ("counter", "llamacpp:prompt_tokens_total", "Number of prompt tokens processed", lambda t: t["prompt_tokens"]),
+    ("counter", "llamacpp:prompt_seconds_total", "Prompt process time in seconds", lambda t: t["prompt_seconds"]),
+    ("gauge", "llamacpp:prompt_tokens_seconds", "Average prompt throughput in tokens/s",
+     _per("prompt_tokens", "prompt_seconds")),
+    ("counter", "llamacpp:tokens_predicted_total", "Number of generation tokens processed",
+     lambda t: t["generated_tokens"]),
+    ("counter", "llamacpp:tokens_predicted_seconds_total", "Predict process time in seconds",
+     lambda t: t["generation_seconds"]),
+    ("gauge", "llamacpp:predicted_tokens_seconds", "Average generation throughput in tokens/s",
+     _per("generated_tokens", "generation_seconds")),
+    ("gauge", "llamacpp:requests_processing", "Number of requests processing", lambda t: t["busy_sequences"]),
+    ("gauge", "llamacpp:requests_deferred", "Number of requests deferred", lambda t: t["queue_depth"]),
+    ("gauge", "llamacpp:n_tokens_max", "High watermark of the context size observed", lambda t: t["n_tokens_max"]),
+    ("counter", "llamacpp:n_decode_total", "Total number of llama_decode() calls", lambda t: t["decode_calls"]),
+    ("gauge", "llamacpp:n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call",
+     _per("busy_per_decode", "decode_calls")),
+    # (no speculative decoding here: 0, as llama-server reports with it off)
+    ("counter", "llamacpp:spec_decode_num_draft_tokens_total", "Total draft tokens generated", lambda _t: 0),
+    ("counter", "llamacpp:spec_decode_num_accepted_tokens_total", "Total draft tokens accepted", lambda _t: 0),
+    ("counter", "llamacpp:spec_decode_num_drafts_total", "Total speculative decoding verification steps", lambda _t: 0),
+)
+_TOTALS = ("prompt_tokens", "prompt_seconds", "generated_tokens", "generation_seconds", "busy_sequences", "queue_depth",
+           "n_tokens_max", "decode_calls", "busy_per_decode")
 
 
 class Metrics:

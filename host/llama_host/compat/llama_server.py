@@ -102,12 +102,55 @@ def completion_prepare(served, request: dict) -> dict:
     """Every prompt as token ids: mixed prompts need the model's tokenizer, and each result
     counts its own prompt's tokens."""
     ids = [tokenize_prompt(served.model, p) for p in request["_prompts"]]
-    return {**request, "prompt": ids[0] if len(ids) == 1 else ids, "_n_prompt": [len(t) for t in ids]}
+    out = {**request, "prompt": ids[0] if len(ids) == 1 else ids, "_n_prompt": [len(t) for t in ids],
+           "_n_ctx": served.engine.n_ctx_seq}
+    if "logit_bias" in request:
+        out["logit_bias"] = logit_bias(served.model, request["logit_bias"])
+    return out
+
+
+BAN = -100.0  # (OpenAI's "ban", the most the guest takes: llama-server's false is -inf)
+
+
+def logit_bias(model, value: Any) -> dict[str, float]:
+    """llama-server's ``logit_bias`` in the guest's (OpenAI's) form, ``{"token id": bias}``: pairs
+    ``[[token, bias], ...]`` or an object, a token given by id or as text (each of its tokens
+    biased), ``false`` to ban; biases past ±100 are ±100. Ids outside the vocabulary are
+    skipped, as both servers do."""
+    if isinstance(value, dict):
+        pairs, where = list(value.items()), "logit_bias.{}"
+    elif isinstance(value, list):
+        pairs, where = [], "logit_bias[{}]"
+        for i, pair in enumerate(value):
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise CompatError(where.format(i), f"'{where.format(i)}' must be a [token, bias] pair")
+            pairs.append(tuple(pair))
+    else:
+        raise CompatError("logit_bias", "'logit_bias' must be an object or a list of [token, bias] pairs")
+    out: dict[str, float] = {}
+    for i, (token, bias) in enumerate(pairs):
+        param = where.format(i if isinstance(value, list) else str(token)[:40])
+        if bias is False:
+            bias = BAN
+        elif not isinstance(bias, (int, float)) or isinstance(bias, bool) or bias != bias:
+            raise CompatError(param, f"'{param}': a bias is a number, or false to ban the token")
+        if isinstance(token, str) and token.lstrip("-").isdigit():
+            token = int(token)
+        if isinstance(token, str):
+            ids = model.tokenize(token, add_bos=False, special=False)
+        elif isinstance(token, int) and not isinstance(token, bool):
+            ids = [token] if 0 <= token < model.n_vocab else []
+        else:
+            raise CompatError(param, f"'{param}': a token is an id or a text")
+        for t in ids:
+            out[str(t)] = max(BAN, min(-BAN, float(bias)))
+    return out
 
 
 def _settings(request: dict) -> dict:
     """The request's generation settings (those it gave; the rest are /props' defaults)."""
     return {"n_predict": request.get("max_tokens", -1), "model": request.get("model", ""),
+            **({"n_ctx": request["_n_ctx"]} if "_n_ctx" in request else {}),
             **{k: request[k] for k in SAMPLING if k in request and k != "model"}}
 
 

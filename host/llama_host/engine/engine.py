@@ -163,6 +163,7 @@ class Engine(Resource):
         self._cond = threading.Condition()
         self._closing = False
         self._stats = StatsRecorder()
+        self._stats.set(sequences=config.parallel)
         self._cache = PromptCache(config.cache_bytes, available_memory) if config.cache_bytes > 0 else None
         self.broken: EngineBroken | None = None  # llama.cpp aborted in this engine: it serves no more
         self._working = False  # the scheduler is in a step (calling llama.cpp), not waiting for work
@@ -498,9 +499,8 @@ class Engine(Resource):
             self.ctx.decode(batch)
         except DecodeError as e:
             raise EngineFailure(f"llama_decode failed ({e.code})") from e
-        self._stats.add(
-            decode_calls=1, decode_seconds=time.perf_counter() - started, prompt_tokens=n_prompt_tokens
-        )
+        self._stats.add(decode_calls=1, decode_seconds=time.perf_counter() - started, prompt_tokens=n_prompt_tokens,
+                        busy_per_decode=len(active))
         for slot in active:
             if slot.prompt_rows:
                 n_top = slot.handle.request.logprobs or 0
@@ -572,8 +572,10 @@ class Engine(Resource):
         slot.pending = []  # cancelled mid-prompt: ``cached`` already says what the KV cache holds
         slot.logprobs, slot.prompt_logprobs, slot.prompt_rows = [], None, []
         slot.last_used = time.monotonic()
-        self._stats.add(requests_finished=1)
+        self._stats.add(requests_finished=1, prompt_seconds=result.prompt_seconds or 0.0,
+                        generation_seconds=result.generation_seconds or 0.0)
         self._stats.set(busy_sequences=sum(s.busy for s in self._slots))
+        self._stats.peak(n_tokens_max=slot.position)
         # Last, so that a caller woken by the end sees the engine's state after it.
         if tail or released:
             handle._emit(TokenOutput(-1, tail, released))

@@ -22,6 +22,15 @@ class EngineStats:
     prompt_cache_bytes: int = 0
     prompt_cache_hits: int = 0  # prompts that got one back
     prompt_cache_tokens: int = 0  # prompt tokens those spared evaluating
+    sequences: int = 0  # the context's sequences (--parallel): busy ones and free ones
+    prompt_seconds: float = 0.0  # time finished requests spent from their admission to their first token
+    generation_seconds: float = 0.0  # and from their first token to their end
+    busy_per_decode: int = 0  # sequences in each llama_decode call, summed over the calls
+    n_tokens_max: int = 0  # the most tokens a sequence has held
+
+    @property
+    def free_sequences(self) -> int:
+        return self.sequences - self.busy_sequences
 
 
 class StatsRecorder:
@@ -40,6 +49,12 @@ class StatsRecorder:
         with self._lock:
             for name, value in values.items():
                 setattr(self._stats, name, value)
+
+    def peak(self, **values: float) -> None:
+        """Raise each named statistic to ``value`` where it is lower (a high watermark)."""
+        with self._lock:
+            for name, value in values.items():
+                setattr(self._stats, name, max(getattr(self._stats, name), value))
 
     def snapshot(self) -> EngineStats:
         with self._lock:
