@@ -191,6 +191,9 @@ def serve(
     shutdown_grace: Annotated[float, typer.Option(
         help="On SIGTERM/Ctrl-C, seconds running requests get to finish before they end with an error.")] = 10.0,
     queue_size: Annotated[int, typer.Option(help="Requests that may wait for a free sequence (503 past it).")] = 64,
+    stall_timeout: Annotated[float, typer.Option(
+        help="Seconds one decode step may run before /health reports the model stalled (503; e.g. an RPC worker "
+             "that stopped answering without closing its connection). 0: never.")] = 300.0,
     cache_ram: Annotated[int, typer.Option(
         help="MiB of host memory that keep the KV state of conversations whose sequence went to another "
              "request, for their next turn (0: off; -1: no limit but the memory free).")] = 8192,
@@ -222,6 +225,8 @@ def serve(
                           ("--timeout-keep-alive", timeout_keep_alive), ("--shutdown-grace", shutdown_grace)):
         if not 0 < seconds <= 86400:
             raise UsageError(f"{name} must be more than 0 and at most 86400 seconds, not {seconds}")
+    if not 0 <= stall_timeout <= 86400:
+        raise UsageError(f"--stall-timeout must be 0 (off) to 86400 seconds, not {stall_timeout}")
     positive("--n-predict", n_predict, -1)
     if reasoning_format not in ("deepseek", "none"):
         raise UsageError(f"--reasoning-format must be deepseek or none, not {reasoning_format!r}")
@@ -273,7 +278,8 @@ def serve(
         "seed": seed,
     }.items() if v is not None}
     engine_config = EngineConfig(ctx_size=ctx_size, parallel=parallel, batch_size=batch_size, threads=threads,
-                                 queue_size=queue_size, cache_bytes=(1 << 62) if cache_ram < 0 else cache_ram << 20)
+                                 queue_size=queue_size, cache_bytes=(1 << 62) if cache_ram < 0 else cache_ram << 20,
+                                 stall_seconds=stall_timeout)
 
     origins = tuple(o.strip() for o in (cors_origins or "").split(",") if o.strip())
     settings = Settings(api_key=api_key or None, cors_origins=origins, max_body_bytes=max_body_bytes, web_ui=web_ui,

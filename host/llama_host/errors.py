@@ -30,6 +30,7 @@ class ErrorKind(enum.Enum):
     INSUFFICIENT_MEMORY = ("server_error", 503, "insufficient_memory")  # past --models-max-memory
     UNAVAILABLE = ("server_error", 503, "unavailable")
     ENGINE_BROKEN = ("server_error", 503, "engine_failed")  # llama.cpp aborted in it (a lost RPC worker)
+    ENGINE_STALLED = ("server_error", 503, "engine_stalled")  # a step past --stall-timeout (a silent RPC worker)
     INTERNAL = ("server_error", 500, None)
 
     @property

@@ -82,6 +82,12 @@ class ServedModel:
             return self._ranker
 
     def close(self) -> None:
+        try:  # (freeing memory held on an RPC worker that is gone makes llama.cpp abort)
+            aborts.call(self._free)
+        except aborts.Aborted as e:
+            log.warning("%s: llama.cpp aborted freeing the model (%s); what it held is leaked", self.name, e.reason)
+
+    def _free(self) -> None:
         self.engine.close()
         if self.engine.broken is not None:  # its thread is parked inside llama.cpp, on this model's memory
             log.warning("%s: leaking the model of a broken engine (freeing it could abort the process)", self.name)

@@ -628,12 +628,19 @@ async def slot_action_route(request: Request) -> Response:
 
 def health_route(request: Request) -> Response:
     """200 once listening (its models are loaded by then); 503 while a loaded model's engine is
-    broken (llama.cpp aborted in it, e.g. it lost an RPC worker), so that an orchestrator restarts it."""
+    broken (llama.cpp aborted in it, e.g. it lost an RPC worker) or stalled (one step past
+    --stall-timeout, e.g. a worker that stopped answering), so that an orchestrator restarts it."""
     registry = request.app.state.llama.registry
     for name in registry.names:
         with registry.peek(name) as served:
-            if served is not None and served.engine.broken is not None:
+            if served is None:
+                continue
+            if served.engine.broken is not None:
                 body = error_body(ErrorKind.ENGINE_BROKEN, f"model '{name}': {served.engine.broken}")
+                return JSONResponse({"status": "error", **body}, status_code=503)
+            if (stalled := served.engine.stalled) is not None:
+                body = error_body(ErrorKind.ENGINE_STALLED, f"model '{name}': one decode step has run for "
+                                  f"{stalled:.0f} s (past --stall-timeout); is an RPC worker unreachable?")
                 return JSONResponse({"status": "error", **body}, status_code=503)
     return JSONResponse({"status": "ok"})
 

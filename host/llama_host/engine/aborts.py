@@ -6,8 +6,10 @@ llama.cpp state it held, so the rest of the server keeps serving.
 
 Which engines: the one whose scheduler thread aborts, or, when another thread does (a ggml worker
 thread, an RPC connection's sender), every engine at work (not idle) at that moment. Work outside
-the engines (loading a model: a GGUF that trips a check, a worker lost mid-upload) runs through
-``call``, in a thread of its own whose abort is its caller's exception.
+the engines (loading a model: a GGUF that trips a check, a worker lost mid-upload; freeing one)
+runs through ``call``, in a thread of its own whose abort is its caller's exception; an abort on
+a thread that is neither an engine's nor such a call's, with no engine at work, is every call's
+in progress.
 """
 
 from __future__ import annotations
@@ -110,6 +112,11 @@ def _on_abort(message: bytes | None) -> None:
         mine = [e for e in engines if e.aborted(said, own_thread=True)]
         if not mine:
             mine = [e for e in engines if e.aborted(said, own_thread=False)]
+        if not mine:  # (a thread llama.cpp started for work ``call`` runs: freeing a model waits on it)
+            with _lock:
+                mine, _ = list(_calls.values()), _calls.clear()
+            for guarded in mine:
+                guarded(said)
         if not mine:
             log.critical("no engine was running llama.cpp when it aborted; its thread is parked")
     except BaseException:  # (never unwind into C)

@@ -45,6 +45,7 @@ class EngineConfig:
     queue_size: int = 64  # requests waiting beyond the busy sequences
     flash_attn: bool | None = None  # None: llama.cpp decides
     cache_bytes: int = 0  # host memory for the KV states of conversations past the slots (0: none)
+    stall_seconds: float = 0.0  # a step running longer is a stall /health reports (0: never)
 
 
 class UnservableConfig(ValueError):
@@ -167,6 +168,7 @@ class Engine(Resource):
         self._cache = PromptCache(config.cache_bytes, available_memory) if config.cache_bytes > 0 else None
         self.broken: EngineBroken | None = None  # llama.cpp aborted in this engine: it serves no more
         self._working = False  # the scheduler is in a step (calling llama.cpp), not waiting for work
+        self._step_started: float | None = None  # time.monotonic() of the step in progress
         self._thread = threading.Thread(target=self._run, name=f"engine-{model.info.name}", daemon=True)
         aborts.watch(self)
         self._thread.start()
@@ -201,6 +203,14 @@ class Engine(Resource):
         handle = self.submit(request)
         text = handle.text()
         return text, handle.result
+
+    @property
+    def stalled(self) -> float | None:
+        """Seconds the step in progress has run, where that is past ``stall_seconds`` (llama.cpp
+        waits on something that does not answer: an RPC worker gone silent); else None."""
+        started, limit = self._step_started, self.config.stall_seconds
+        running = 0.0 if started is None else time.monotonic() - started
+        return running if limit and running > limit else None
 
     def stats(self) -> EngineStats:
         return self._stats.snapshot()
@@ -277,6 +287,7 @@ class Engine(Resource):
                 self._working = True  # (llama.cpp's threads, an RPC connection's, work for this engine)
                 self._control()
                 self._admit()
+            self._step_started = time.monotonic()
             try:
                 self._step()
             except Exception as e:  # a bug or a llama.cpp failure: fail the active requests, go on
@@ -287,6 +298,7 @@ class Engine(Resource):
                         self._finish(slot, FinishReason.ERROR, error=failure)
                     slot.cached = []  # the KV cache is cleared below: nothing is reusable
                 self.ctx.clear()
+            self._step_started = None
         with self._cond:
             waiting, self._waiting = list(self._waiting), collections.deque()
             controls, self._controls = list(self._controls), collections.deque()
