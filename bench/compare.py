@@ -6,7 +6,7 @@ llama-host and each baseline in alternating A/B order, takes medians of the repe
 table of ratios (llama-host / baseline) last and writes it into bench/RESULTS.md (one section
 per preset; the rest of the file is kept). Needs bench/setup.sh first.
 
-    .venv/bin/python bench/compare.py [--preset bench|small] [--repeats N] [--quick]
+    .venv/bin/python bench/compare.py [--preset bench|small] [--repeats N] [--quick] [--gpu]
         [--scenarios decode,ttft,multiturn,aggregate,engine,bandwidth] [--wait-quiet SECONDS]
 
 Scenarios (lengths are equal everywhere: ``ignore_eos`` for llama-host and llama-server, the EOS
@@ -15,7 +15,7 @@ token banned through ``logit_bias`` for llama-cpp-python's server, which has no 
               repeats, with the spread of the per-round llama-host/llama-server ratios)
   ttft        time to first token of a 512-token prompt (streamed; a fresh prompt every time)
   multiturn   second-turn TTFT of a chat whose first turn is in the prefix cache
-  aggregate   tok/s of N concurrent 128-token requests, N = 1, 2, 4, 8, servers at --parallel N
+  aggregate   tok/s of N concurrent 128-token requests, N = 1, 2, 4, 8, 32, 64, servers at --parallel N
   engine      llama-bench tg128 and llama-batched-bench (llama.cpp without a server)
   bandwidth   numpy copy bandwidth over the model's bytes per token: the decode ceiling
 Peak RSS (VmHWM) of every server process is always recorded.
@@ -54,6 +54,7 @@ HOST, SERVER, LCP = "llama-host", "llama-server", "llama-cpp-python"
 THREADS = 2
 BATCH = 512
 DECODE_ROUNDS = 3  # single-stream decode runs this many times --repeats rounds
+GPU_LAYERS = 0  # --gpu: every layer offloaded (llama-host's GPU target, -ngl 99 for llama.cpp's tools)
 CTX = 1024  # context per sequence (llama-host: --ctx-size; llama-server: -c CTX*N with -np N)
 DECODE_PROMPT = "Once upon a time, in a small village by the sea,"
 
@@ -183,7 +184,8 @@ class Server:
         self.port = free_port()
         p = str(self.port)
         if kind == HOST:
-            self.argv = [str(HOST_BIN), "--nn-preload", f"default:GGML:CPU:{model}", "default", "auto",
+            target = "GPU" if GPU_LAYERS else "CPU"
+            self.argv = [str(HOST_BIN), "--nn-preload", f"default:GGML:{target}:{model}", "default", "auto",
                          "--socket-addr", f"127.0.0.1:{p}", "--ctx-size", str(CTX),
                          "--parallel", str(parallel),
                          "--batch-size", str(BATCH), "--threads", str(THREADS), "--log-level", "warning"]
@@ -192,12 +194,12 @@ class Server:
             self.argv = [str(BIN / "llama-server"), "-m", str(model), "--host", "127.0.0.1", "--port", p,
                          "-t", str(THREADS), "-tb", str(THREADS), "-c", str(CTX * parallel),
                          "-np", str(parallel),
-                         "--no-kv-unified", "-b", str(BATCH), "-ub", str(BATCH), "-ngl", "0", "--no-webui"]
+                         "--no-kv-unified", "-b", str(BATCH), "-ub", str(BATCH), "-ngl", str(GPU_LAYERS), "--no-webui"]
             self.health = "/health"
         else:  # llama-cpp-python: one request at a time; never interrupt a running stream
             self.argv = [str(LCP_PY), "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
                          "--port", p, "--n_threads", str(THREADS), "--n_threads_batch", str(THREADS),
-                         "--n_ctx", str(CTX), "--n_batch", str(BATCH), "--n_gpu_layers", "0",
+                         "--n_ctx", str(CTX), "--n_batch", str(BATCH), "--n_gpu_layers", str(GPU_LAYERS),
                          "--interrupt_requests", "False"]
             self.health = "/v1/models"
         self.proc: subprocess.Popen | None = None
@@ -455,7 +457,7 @@ def scenario_llama_bench(res: Results) -> None:
     """Run before and after the servers; the median of both runs' samples (drift cancels)."""
     log(f"llama-bench tg{res.tokens}")
     out = run_cmd(res, [BIN / "llama-bench", "-m", res.model, "-n", res.tokens, "-p", 0, "-t", THREADS,
-                        "-r", max(3, res.repeats), "-o", "json"])
+                        "-ngl", GPU_LAYERS, "-r", max(3, res.repeats), "-o", "json"])
     row = json.loads(out)[0]
     res.llama_bench_samples += row.get("samples_ts") or [row["avg_ts"]]
     res.llama_bench = median(res.llama_bench_samples)
@@ -469,7 +471,7 @@ def scenario_engine(res: Results) -> None:
     out = run_cmd(res, [BIN / "llama-batched-bench", "-m", res.model, "-c", CTX * max(res.levels),
                         "-b", BATCH, "-ub", BATCH, "-npp", 16, "-ntg", res.tokens,
                         "-npl", ",".join(map(str, res.levels)), "-t", THREADS, "-tb", THREADS,
-                        "-ngl", 0, "--output-format", "jsonl"])
+                        "-ngl", GPU_LAYERS, "--output-format", "jsonl"])
     for line in out.splitlines():
         if line.startswith("{"):
             d = json.loads(line)
@@ -597,7 +599,7 @@ def build_rows(res: Results) -> list[tuple]:
     for n in res.levels:
         ours = agg.get(HOST, {}).get(n)
         ratio_row(rows, f"aggregate tok/s, {n} stream{'s' * (n > 1)} vs llama-server -np {n}", ours,
-                  agg.get(SERVER, {}).get(n), "", "{:.1f}", 0.95 if n == 8 else None)
+                  agg.get(SERVER, {}).get(n), "", "{:.1f}", 0.95 if n in (8, 32, 64) else None)
     for n in res.levels:
         ratio_row(rows, f"aggregate tok/s, {n} stream{'s' * (n > 1)} vs llama-cpp-python server",
                   agg.get(HOST, {}).get(n),
@@ -701,7 +703,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 1 repeat, 32 tokens, 128-token prompt, x1 and x2; writes nothing")
     parser.add_argument("--scenarios", default="decode,ttft,multiturn,aggregate,engine,bandwidth")
-    parser.add_argument("--concurrency", default="1,2,4,8")
+    parser.add_argument("--concurrency", default="1,2,4,8,32,64",
+                        help="the aggregate scenario's stream counts (each server at --parallel N)")
+    parser.add_argument("--gpu", action="store_true",
+                        help="offload every layer (bench/gpu.sh: a CUDA build of both sides); the section is "
+                             "written as PRESET-gpu")
     parser.add_argument("--no-lcp", action="store_true", help="skip llama-cpp-python's server")
     parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
                         help="first wait up to this long for the 1-min load average to drop under 1.2")
@@ -709,6 +715,9 @@ def main() -> None:
     parser.add_argument("--render", action="store_true",
                         help="measure nothing: rewrite the section from bench/out/results-PRESET.json")
     args = parser.parse_args()
+    if args.gpu:
+        global GPU_LAYERS
+        GPU_LAYERS = 99
     if args.render:
         res = Results.load_json(OUT / f"results-{args.preset}.json")
         rows = build_rows(res)
@@ -727,7 +736,7 @@ def main() -> None:
 
     model = Path(modelgen.build(args.preset))
     levels = [int(x) for x in args.concurrency.split(",")]
-    res = Results(args.preset, model, 1 if args.quick else args.repeats, 32 if args.quick else 128,
+    res = Results(args.preset + ("-gpu" if args.gpu else ""), model, 1 if args.quick else args.repeats, 32 if args.quick else 128,
                   128 if args.quick else 512, [1, 2] if args.quick else levels)
     vocab = Vocab(model)
     log(f"model {model.name}; repeats {res.repeats}; scenarios {','.join(sorted(scenarios))}")

@@ -33,6 +33,12 @@ mkdir -p "$OUT"
 [ -f .venv/.llama-cflags ] || die ".venv/.llama-cflags is missing: run ./build.sh again"
 cflags=$(cat .venv/.llama-cflags)
 [ -z "$cflags" ] || say "building llama.cpp's tools as build.sh built llama-host's: $cflags"
+# With LLAMA_HOST_BACKEND=cuda (bench/gpu.sh) the tools get CUDA, as build.sh's library does.
+backend=${LLAMA_HOST_BACKEND:-cpu}
+gpu_args=""
+[ "$backend" = cuda ] && gpu_args="-DGGML_CUDA=ON"
+[ "$backend" = cpu ] || [ "$backend" = cuda ] || die "LLAMA_HOST_BACKEND=$backend: bench/setup.sh builds cpu or cuda"
+[ "$(cat "$BUILD/.backend" 2>/dev/null || echo cpu)" = "$backend" ] || rm -rf "$BUILD"
 targets="llama-server llama-bench llama-batched-bench"
 missing=0
 for t in $targets; do [ -x "$BUILD/bin/$t" ] || missing=1; done
@@ -45,18 +51,19 @@ if [ "$missing" = 1 ]; then
   CFLAGS="$cflags" CXXFLAGS="$cflags" cmake -S "$SRC" -B "$BUILD" $gen \
     -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
     -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF >"$OUT/cmake-configure.log" 2>&1 ||
+    -DLLAMA_BUILD_EXAMPLES=OFF -DBUILD_SHARED_LIBS=OFF $gpu_args >"$OUT/cmake-configure.log" 2>&1 ||
     { tail -n 30 "$OUT/cmake-configure.log"; die "cmake configure failed (log: $OUT/cmake-configure.log)"; }
   cmake --build "$BUILD" --config Release --target $targets -j"$JOBS" >"$OUT/cmake-build.log" 2>&1 ||
     { tail -n 30 "$OUT/cmake-build.log"; die "cmake build failed (log: $OUT/cmake-build.log)"; }
 fi
 for t in $targets; do [ -x "$BUILD/bin/$t" ] || die "$BUILD/bin/$t was not built"; done
+echo "$backend" >"$BUILD/.backend"
 say "llama.cpp tools: $BUILD/bin ($(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo "source of llama-cpp-python $LLAMA_CPP_PYTHON"))"
 
 # --- llama-cpp-python's server, in its own venv ------------------------------------------------
 # The wheel build.sh compiled, found the way build.sh finds it: the cpu key first, then any.
-backend=${LLAMA_HOST_BACKEND:-cpu}
 cmake_args="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+[ "$backend" = cuda ] && cmake_args="$cmake_args -DGGML_CUDA=ON"
 key="$backend-$(printf '%s|%s|%s|%s' "$LLAMA_CPP_PYTHON" "$cmake_args" "$cflags" "$(uname -m)" | cksum | cut -d' ' -f1)"
 WHEELS=${LLAMA_HOST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llama-host}/wheels
 wheel=$(ls "$WHEELS/$key"/llama_cpp_python-"$LLAMA_CPP_PYTHON"-*.whl 2>/dev/null | head -n1 || true)
