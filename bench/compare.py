@@ -328,6 +328,8 @@ class Results:
     aggregate: dict = field(default_factory=dict)  # kind -> {N: tok/s}
     llama_bench: float | None = None
     llama_bench_samples: list = field(default_factory=list)
+    library: float | None = None  # bench/decode_loop.py: llama-bench's tg work on build.sh's llama.cpp
+    library_samples: list = field(default_factory=list)
     batched: dict = field(default_factory=dict)  # N -> S_TG tok/s
     rss: dict = field(default_factory=dict)  # kind -> {parallel: (loaded kB, peak kB)}
     bandwidth: float | None = None  # GB/s, the better of read and copy: the ceiling's numerator
@@ -463,6 +465,13 @@ def scenario_llama_bench(res: Results) -> None:
     res.llama_bench = median(res.llama_bench_samples)
     this = median(row.get("samples_ts") or [row["avg_ts"]])
     log(f"  {this:.1f} tok/s (median of all runs so far {res.llama_bench:.1f})")
+    log(f"the same decode on build.sh's llama.cpp (bench/decode_loop.py, tg{res.tokens})")
+    out = run_cmd(res, [ROOT / ".venv" / "bin" / "python", ROOT / "bench" / "decode_loop.py", res.model,
+                        "--tokens", res.tokens, "--threads", THREADS, "--ngl", GPU_LAYERS,
+                        "--repeats", max(3, res.repeats)])
+    res.library_samples += json.loads(out.strip().splitlines()[-1])["samples_ts"]
+    res.library = median(res.library_samples)
+    log(f"  median of all runs so far {res.library:.1f} tok/s")
 
 
 def scenario_engine(res: Results) -> None:
@@ -588,6 +597,10 @@ def build_rows(res: Results) -> list[tuple]:
         rows.append((f"decode, the ratio of each of {len(res.decode_pairs)} A/B rounds: median (quartiles)", "", "",
                      f"{q[1]:.2f}x ({q[0]:.2f}-{q[2]:.2f})", ""))
     ratio_row(rows, f"decode tok/s vs llama-bench tg{res.tokens}", d.get(HOST), res.llama_bench, "", "{:.1f}")
+    # The build alone: llama-bench's work through build.sh's library against llama-bench as
+    # llama.cpp's own CMake builds it (bench/setup.sh), no server on either side.
+    ratio_row(rows, f"build.sh's llama.cpp vs llama.cpp's CMake build, tg{res.tokens} tok/s", res.library,
+              res.llama_bench, "", "{:.1f}")
     ratio_row(rows, "decode tok/s vs llama-cpp-python server", d.get(HOST), d.get(LCP), "", "{:.1f}")
     if res.ttft:
         ratio_row(rows, f"TTFT ms, {res.ttft_tokens}-token prompt vs llama-server",

@@ -115,6 +115,30 @@ def test_logit_bias_in_each_of_llama_servers_forms(http, vocab):
     assert first([]) == first({}) == greedy
 
 
+def test_samplers_left_out_are_off(http):
+    def text(**kw):
+        r = http.post("/completion", json={"prompt": PROMPT, "n_predict": 12, "seed": 5, "temperature": 1.5, **kw})
+        assert r.status_code == 200, r.text
+        return r.json()["content"]
+
+    narrow = {"top_k": 1, "top_p": 0.05, "min_p": 0.9}  # (each alone makes the draw greedy)
+    greedy = text(temperature=0)
+    assert text(**narrow) == greedy
+    free = text(top_k=0, top_p=1.0, min_p=0.0)
+    assert free != greedy  # (else the test could not tell)
+    for samplers in (["temperature"], ["Temp", "dry", "xtc"], "t", "dxt"):
+        assert text(**narrow, samplers=samplers) == free, samplers
+    assert text(**narrow, samplers=["top_k", "temperature"]) == greedy
+    assert text(**narrow, samplers="kt") == greedy
+    assert text(temperature=0, samplers=[]) == greedy  # (greedy stays greedy)
+
+
+@pytest.mark.parametrize("samplers", [5, [1], {"top_k": 1}, [None]])
+def test_malformed_samplers_are_a_400(server, http, samplers):
+    r = http.post("/completion", json={"prompt": PROMPT, "n_predict": 1, "samplers": samplers})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "samplers", r.text
+
+
 @pytest.mark.parametrize("bias, param", [
     (5, "logit_bias"), ("x", "logit_bias"), ([[1]], "logit_bias[0]"), ([[1, "x"]], "logit_bias[0]"),
     ([[{}, 1]], "logit_bias[0]"), ({"1": "x"}, "logit_bias.1"), ({"1": None}, "logit_bias.1"),

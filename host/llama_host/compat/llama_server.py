@@ -28,7 +28,7 @@ from llama_host.errors import ErrorKind
 SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
             "frequency_penalty", "seed", "stop", "ignore_eos", "logit_bias", "grammar", "json_schema", "model")
 # Accepted for llama-server's clients; what they ask for is what llama-host does anyway.
-ACCEPTED = ("cache_prompt", "id_slot", "samplers", "return_tokens", "timings_per_token")
+ACCEPTED = ("cache_prompt", "id_slot", "return_tokens", "timings_per_token")
 # Keys only llama-server's /completion has: a body with one of them at /completions is llama-server's.
 NATIVE = ("n_predict", "n_probs", "cache_prompt", "id_slot", "samplers", "return_tokens", "timings_per_token",
           "n_keep", "n_indent", "t_max_predict_ms", "dry_multiplier", "xtc_probability", "typical_p", "mirostat")
@@ -74,9 +74,41 @@ def completion_request(body: Any) -> dict:
     for name in SAMPLING:
         if body.get(name) is not None:
             out[name] = body[name]
+    if body.get("samplers") is not None:
+        out.update(_unlisted_samplers_off(body["samplers"], out))
     if (n_probs := field(body, "n_probs", int, 0)) > 0:
         out["logprobs"] = n_probs
     out.update(streaming(body))
+    return out
+
+
+# llama-server's sampler names (and their one-letter forms) -> the settings that turn each off
+SAMPLER_OFF = {
+    "top_k": ("k", {"top_k": 0}), "top_p": ("p", {"top_p": 1.0}), "min_p": ("m", {"min_p": 0.0}),
+    "penalties": ("e", {"repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}),
+    "temperature": ("t", {"temperature": 1.0}),
+}
+SAMPLER_ALIASES = {"top-k": "top_k", "topk": "top_k", "top-p": "top_p", "topp": "top_p", "nucleus": "top_p",
+                   "min-p": "min_p", "minp": "min_p", "temp": "temperature"}
+
+
+def _unlisted_samplers_off(samplers: Any, request: dict) -> dict:
+    """``samplers``: the samplers to use, as names or a string of letters (``"kpmt"``); those it
+    leaves out are turned off, as llama-server leaves them out. (The order is llama-host's
+    fixed one; llama-server's other samplers, DRY, XTC, ..., llama-host does not have.)"""
+    if isinstance(samplers, str):
+        listed = {name for name, (letter, _) in SAMPLER_OFF.items() if letter in samplers}
+    elif isinstance(samplers, list) and all(isinstance(x, str) for x in samplers):
+        listed = {SAMPLER_ALIASES.get(x.lower(), x.lower()) for x in samplers}
+    else:
+        raise CompatError("samplers", "'samplers' must be a list of sampler names or a string of their letters")
+    out: dict = {}
+    for name, (_, off) in SAMPLER_OFF.items():
+        if name not in listed:
+            out.update(off)
+    temperature = request.get("temperature")
+    if "temperature" not in listed and isinstance(temperature, (int, float)) and temperature <= 0:
+        del out["temperature"]  # (greedy stays greedy)
     return out
 
 

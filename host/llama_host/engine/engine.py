@@ -525,9 +525,8 @@ class Engine(Resource):
     def _update(self, slot: _Slot) -> None:
         """Sample the slot's next token and deliver it, or finish the request."""
         handle, request = slot.handle, slot.handle.request
-        now = time.monotonic()
         if slot.first_token_at is None:
-            slot.first_token_at = now
+            now = slot.first_token_at = time.monotonic()
             if slot.prompt_logprobs is not None:
                 handle.prompt_logprobs = tuple(slot.prompt_logprobs)
             self._stats.add(ttft_seconds_sum=now - handle.submitted, ttft_count=1)

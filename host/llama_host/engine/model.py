@@ -237,7 +237,20 @@ class Model(Resource):
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes of one token. A piece may be part of a UTF-8 character (byte tokens), so
-        callers join pieces as bytes and decode once a character is complete."""
+        callers join pieces as bytes and decode once a character is complete. (Kept once read:
+        the engine asks for one per generated token.)"""
+        if special:
+            return self._read_piece(token, True)
+        piece = self._pieces_read.get(token)
+        if piece is None:
+            piece = self._pieces_read[token] = self._read_piece(token, False)
+        return piece
+
+    @functools.cached_property
+    def _pieces_read(self) -> dict[int, bytes]:
+        return {}
+
+    def _read_piece(self, token: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(64)
         n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
