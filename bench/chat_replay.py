@@ -118,6 +118,8 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=6)
     parser.add_argument("--system", type=int, default=400, help="system prompt tokens")
     parser.add_argument("--clients", type=int, default=None, help="requests at once (default: the slots)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds over every server, each round in another order; medians are reported")
     args = parser.parse_args()
     model = Path(modelgen.build(args.preset))
     vocab = Vocab(model)
@@ -129,18 +131,21 @@ def main() -> None:
                  (SERVER, "llama-server --cache-ram 8192", ["--cache-ram", "8192"])]
     else:
         log("no bench/out/llama.cpp/bin/llama-server (bench/setup.sh builds it): llama-host only")
-    rows = []
-    for kind, label, extra in runs:
-        srv = Server(kind, model, args.slots, vocab.eos)
-        srv.argv += extra
-        log(f"starting {label}")
-        srv.start()
-        try:
-            result = replay(srv.port, convs, clients)
-        finally:
-            srv.stop()
-        log(f"{label}: {result}")
-        rows.append((label, result))
+    results: dict[str, list[dict]] = {label: [] for _, label, _ in runs}
+    for _, order in compare.rotations(runs, args.repeats):  # (A/B: the machine's speed drifts)
+        for kind, label, extra in order:
+            srv = Server(kind, model, args.slots, vocab.eos)
+            srv.argv += extra
+            log(f"starting {label}")
+            srv.start()
+            try:
+                result = replay(srv.port, convs, clients)
+            finally:
+                srv.stop()
+            log(f"{label}: {result}")
+            results[label].append(result)
+    rows = [(label, {k: statistics.median(r[k] for r in rs) if rs[0][k] is not None else None for k in rs[0]})
+            for label, rs in results.items()]
     write(rows, args, model)
 
 
@@ -149,7 +154,7 @@ def write(rows: list[tuple[str, dict]], args: argparse.Namespace, model: Path) -
              f"## Replayed chats: {4 * args.slots} conversations, {args.slots} slots, {args.turns} turns, "
              f"{args.system}-token system prompt ({model.name}, {time.strftime('%Y-%m-%d')})", "",
              f"Written by `bench/chat_replay.py`; {args.clients or args.slots} clients at once, {ANSWER_TOKENS} tokens "
-             "per answer, streamed.", "",
+             f"per answer, streamed; medians of {args.repeats} round(s), each in another order.", "",
              "| server | turns/s | p50 TTFT (s) | p99 TTFT (s) | prompt tokens evaluated per turn |",
              "|---|---|---|---|---|"]
     for label, r in rows:

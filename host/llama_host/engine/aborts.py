@@ -58,9 +58,13 @@ def call(work: Callable[..., T], *args, **kwargs) -> T:
     done = threading.Event()
     outcome: list = []
 
+    def aborted(reason: str) -> None:  # (on the aborting thread)
+        outcome.append(Aborted(reason))
+        done.set()
+
     def run() -> None:
         with _lock:
-            _calls[threading.get_ident()] = lambda reason: (outcome.append(Aborted(reason)), done.set())
+            _calls[threading.get_ident()] = aborted
         try:
             outcome.append((work(*args, **kwargs),))
         except BaseException as e:
@@ -114,7 +118,8 @@ def _on_abort(message: bytes | None) -> None:
             mine = [e for e in engines if e.aborted(said, own_thread=False)]
         if not mine:  # (a thread llama.cpp started for work ``call`` runs: freeing a model waits on it)
             with _lock:
-                mine, _ = list(_calls.values()), _calls.clear()
+                mine = list(_calls.values())
+                _calls.clear()
             for guarded in mine:
                 guarded(said)
         if not mine:
