@@ -62,6 +62,12 @@ def workers():
         w.stop()
 
 
+def served_over(worker: Worker, model_path, *args: str) -> Server:
+    """The ``small`` model served with all its layers on ``worker``."""
+    return Server([f"--nn-preload=default:GGML:AUTO:{model_path('small')}", "--rpc", worker.endpoint, *args,
+                   "default", "auto"])
+
+
 def completion(server: Server, **body) -> httpx.Response:
     return httpx.post(server.url + "/v1/completions", json={**PROMPT, **body}, timeout=60)
 
@@ -122,8 +128,7 @@ def test_bad_tensor_split_is_a_usage_error(split):
 
 def test_a_worker_lost_mid_request_fails_it_with_a_503_and_health_says_so(model_path):
     worker = Worker()
-    server = Server([f"--nn-preload=default:GGML:AUTO:{model_path('small')}", "--rpc", worker.endpoint,
-                     "default", "auto"])
+    server = served_over(worker, model_path)
     try:
         assert completion(server).status_code == 200
         answers: list[httpx.Response] = []
@@ -151,8 +156,7 @@ def test_a_worker_lost_mid_request_fails_it_with_a_503_and_health_says_so(model_
 def test_a_worker_that_stops_answering_turns_health_to_503_until_it_answers_again(model_path):
     # A network partition: the connection stays open and llama.cpp waits on it without a timeout.
     worker = Worker()
-    server = Server([f"--nn-preload=default:GGML:AUTO:{model_path('small')}", "--rpc", worker.endpoint,
-                     "--stall-timeout", "1", "default", "auto"])
+    server = served_over(worker, model_path, "--stall-timeout", "1")
     try:
         assert completion(server).status_code == 200 and server.healthy()
         answers: list[httpx.Response] = []
@@ -180,8 +184,7 @@ def test_a_server_whose_worker_is_gone_still_shuts_down(model_path):
     # Freeing the model's memory on the lost worker made llama.cpp abort on one of its own threads
     # during shutdown: the shutdown waited for it forever (killed after 30 s).
     worker = Worker()
-    server = Server([f"--nn-preload=default:GGML:AUTO:{model_path('small')}", "--rpc", worker.endpoint,
-                     "default", "auto"])
+    server = served_over(worker, model_path)
     try:
         assert completion(server).status_code == 200
     finally:
