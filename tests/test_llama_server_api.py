@@ -170,6 +170,7 @@ def test_props_describe_the_served_model(http, vocab):
     ("/embedding", {"content": "x", "embd_normalize": "2"}, "embd_normalize"),
     ("/completion", {"prompt": PROMPT, "temperature": "hot"}, "temperature"),
     ("/completion", {"prompt": [10 ** 9]}, "prompt"),
+    ("/completion", {"prompt": PROMPT, "n_probs": 21}, "n_probs"),
     ("/tokenize", {"content": 5}, "content"),
     ("/tokenize", {}, "content"),
     ("/detokenize", {"tokens": [-1]}, "tokens"),

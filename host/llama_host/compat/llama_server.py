@@ -76,11 +76,15 @@ def completion_request(body: Any) -> dict:
             out[name] = body[name]
     if body.get("samplers") is not None:
         out.update(_unlisted_samplers_off(body["samplers"], out))
-    if (n_probs := field(body, "n_probs", int, 0)) > 0:
+    if (n_probs := field(body, "n_probs", int, 0)) > MAX_N_PROBS:
+        raise CompatError("n_probs", f"'n_probs' is at most {MAX_N_PROBS} here (OpenAI's bound), not {n_probs}")
+    if n_probs > 0:
         out["logprobs"] = n_probs
     out.update(streaming(body))
     return out
 
+
+MAX_N_PROBS = 20  # the guest's bound on alternatives per token (OpenAI's top_logprobs)
 
 # llama-server's sampler names (and their one-letter forms) -> the settings that turn each off
 SAMPLER_OFF = {
