@@ -3,6 +3,8 @@ histograms (observed by the server), and the engines' own counters (read at scra
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import operator
 import time
 
@@ -45,7 +47,7 @@ class _EngineCollector(Collector):
                                                        "Prompt tokens restored from host memory instead of evaluated",
                                                        labels=["model"]),
         }
-        totals = dict.fromkeys(_TOTALS, 0)
+        totals: dict[str, float] = {}
         loaded = GaugeMetricFamily("llama_host_model_loaded", "1 while the model is loaded, else 0", labels=["model"])
         loads = CounterMetricFamily("llama_host_model_loads", "Times the model was loaded", labels=["model"])
         for name, status in self.registry.statuses().items():
@@ -60,10 +62,12 @@ class _EngineCollector(Collector):
                 stats = served.engine.stats()
             for key, family in (*gauges.items(), *counters.items()):
                 family.add_metric([name], getattr(stats, key))
-            totals = {k: (max if k == "n_tokens_max" else operator.add)(totals[k], getattr(stats, k)) for k in _TOTALS}
+            for key, value in dataclasses.asdict(stats).items():
+                totals[key] = (max if key == "n_tokens_max" else operator.add)(totals.get(key, 0), value)
         yield from gauges.values()
         yield from counters.values()
         # llama-server's names, for the dashboards built on them (all models together, unlabelled)
+        totals = collections.defaultdict(float, totals)  # (no model loaded: every total is 0)
         for kind, name, doc, value in LLAMACPP_NAMES:
             if kind == "gauge":
                 yield GaugeMetricFamily(name, doc, value=value(totals))
@@ -100,8 +104,6 @@ LLAMACPP_NAMES = (
     ("counter", "llamacpp:spec_decode_num_accepted_tokens_total", "Total draft tokens accepted", lambda _t: 0),
     ("counter", "llamacpp:spec_decode_num_drafts_total", "Total speculative decoding verification steps", lambda _t: 0),
 )
-_TOTALS = ("prompt_tokens", "prompt_seconds", "generated_tokens", "generation_seconds", "busy_sequences", "queue_depth",
-           "n_tokens_max", "decode_calls", "busy_per_decode")
 
 
 class Metrics:

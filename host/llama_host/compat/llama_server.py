@@ -27,8 +27,6 @@ from llama_host.errors import ErrorKind
 # Keys /completion passes on as they are: the guest reads llama-server's names.
 SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
             "frequency_penalty", "seed", "stop", "ignore_eos", "logit_bias", "grammar", "json_schema", "model")
-# Accepted for llama-server's clients; what they ask for is what llama-host does anyway.
-ACCEPTED = ("cache_prompt", "id_slot", "return_tokens", "timings_per_token")
 # Keys only llama-server's /completion has: a body with one of them at /completions is llama-server's.
 NATIVE = ("n_predict", "n_probs", "cache_prompt", "id_slot", "samplers", "return_tokens", "timings_per_token",
           "n_keep", "n_indent", "t_max_predict_ms", "dry_multiplier", "xtc_probability", "typical_p", "mirostat")
@@ -116,21 +114,15 @@ def _unlisted_samplers_off(samplers: Any, request: dict) -> dict:
     return out
 
 
-def tokenize_prompt(model, prompt: str | list, *, special: bool = True, param: str = "prompt") -> list[int]:
-    """A prompt's tokens as llama-server makes them: token ids as given (each checked against the
-    vocabulary), strings tokenized; BOS (where the model wants one) only when the prompt starts
-    with a string."""
+def tokenize_prompt(model, prompt: str | list, *, special: bool = True) -> list[int]:
+    """A prompt's tokens as llama-server makes them: token ids as given (the guest's bridge, or
+    the Embedder without it, checks them against the vocabulary), strings tokenized; BOS (where
+    the model wants one) only when the prompt starts with a string."""
     if isinstance(prompt, str):
         return model.tokenize(prompt, special=special)
     out: list[int] = []
     for i, part in enumerate(prompt):
-        if isinstance(part, str):
-            out += model.tokenize(part, add_bos=None if i == 0 else False, special=special)
-        elif 0 <= part < model.n_vocab:
-            out.append(part)
-        else:
-            raise CompatError(param, f"token id {part} is not in the model's vocabulary "
-                              f"(0 to {model.n_vocab - 1})")
+        out += model.tokenize(part, add_bos=None if i == 0 else False, special=special) if isinstance(part, str) else [part]
     return out
 
 
@@ -451,7 +443,7 @@ MAX_TOKEN_EMBEDDING_NUMBERS = 1 << 24  # per request: a 4096-token input of a 40
 def token_embeddings(served, body: Any) -> list[dict]:
     """``/embedding`` with ``--pooling none``: per input, each token's hidden state, unnormalised
     (as llama-server gives them; ``embd_normalize`` applies to pooled vectors only)."""
-    inputs = [tokenize_prompt(served.model, p, param="content") for p in prompts(embedding_request(body)["input"])]
+    inputs = [tokenize_prompt(served.model, p) for p in prompts(embedding_request(body)["input"])]
     numbers = sum(map(len, inputs)) * served.model.info.n_embd
     if numbers > MAX_TOKEN_EMBEDDING_NUMBERS:
         raise CompatError("content", f"the answer would hold {numbers} numbers (tokens × {served.model.info.n_embd} "

@@ -79,8 +79,9 @@ class Embedder(Resource):
         if len(tokens) > self.n_ctx:
             raise PromptTooLong(len(tokens), self.n_ctx)
         n_vocab = self.model.n_vocab
-        if not all(0 <= t < n_vocab for t in tokens):  # (llama.cpp would refuse the batch)
-            raise ValueError(f"a token id is not in the model's vocabulary (0 to {n_vocab - 1})")
+        # (llama.cpp would refuse the batch; ctypes would wrap an id of 2^32 and more to a real one)
+        if (bad := next((t for t in tokens if not 0 <= t < n_vocab), None)) is not None:
+            raise ValueError(f"token id {bad} is not in the model's vocabulary (0 to {n_vocab - 1})")
         with self._lock:
             self.ctx.clear()
             self._batch.clear()

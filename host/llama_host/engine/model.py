@@ -114,6 +114,7 @@ class Model(Resource):
         llama.cpp stops the load at its next progress report and this raises LoadCancelled."""
         lib.init_backend()
         self.path = Path(path)
+        self._pieces_read: dict[int, bytes] = {}  # (piece: the engine asks for one per generated token)
         if not self.path.is_file():
             raise FileNotFoundError(f"model file not found: {self.path}")
         params = C.llama_model_default_params()
@@ -245,10 +246,6 @@ class Model(Resource):
         if piece is None:
             piece = self._pieces_read[token] = self._read_piece(token, False)
         return piece
-
-    @functools.cached_property
-    def _pieces_read(self) -> dict[int, bytes]:
-        return {}
 
     def _read_piece(self, token: int, special: bool) -> bytes:
         buf = ctypes.create_string_buffer(64)
