@@ -96,6 +96,31 @@ def test_streaming_equals_compute(runner, registry):
     assert json.loads(meta)["output_tokens"] == 12
 
 
+def test_token_ids_and_the_slot_come_out_with_the_text(runner, registry):
+    """Output 4: the generated ids (``return-tokens`` for compute; per token for compute_single),
+    the same tokens the engine generates; ``id-slot`` pins the sequence the metadata then names."""
+    served = registry.get("spm")
+    handle = served.engine.submit(GenerationRequest(served.model.tokenize(b"Once upon a time"), max_tokens=6))
+    want = [out.token for out in handle if out.token >= 0]
+    p = Program()
+    ctx, _ = session(p, b"spm", b"Once upon a time", {"n-predict": 6, "temp": 0.0, "return-tokens": True, "id-slot": 3})
+    p.call("compute", ctx)
+    output(p, ctx, 4)
+    output(p, ctx, 1)
+    errnos, _, (tokens, meta) = run(runner, p)
+    assert errnos == [0] * 7
+    ids = json.loads(tokens)
+    assert ids == want and len(ids) == 6
+    assert json.loads(meta)["id_slot"] == 3
+    p = Program()
+    ctx, _ = session(p, b"spm", b"Once upon a time", {"n-predict": 6, "temp": 0.0})
+    for _ in range(6):
+        p.call("compute_single", ctx)
+        output(p, ctx, 4, single=True)
+    errnos, _, reports = run(runner, p)
+    assert [json.loads(r) for r in reports] == [[t] for t in ids]
+
+
 def test_load_by_name_with_config_sets_defaults(runner, registry):
     p = Program()
     graph, ctx = p.slot(), p.slot()
@@ -237,7 +262,8 @@ def test_compute_before_input_and_bad_indexes(runner):
      b'{"grammar": "root ::= \\"a\\"", "grammar-triggers": ' + json.dumps(["a"] * 17).encode() + b"}",
      b'{"grammar": "root ::= tool-0", "grammar-schemas": {"root": {"type": "string"}}}',
      b'{"grammar": "root ::= tool-0", "grammar-schemas": {"tool-0": {"type": "nothing"}}}',
-     b'{"grammar": "root ::= tool-0", "grammar-schemas": {"tool-0": 3}}'],
+     b'{"grammar": "root ::= tool-0", "grammar-schemas": {"tool-0": 3}}',
+     b'{"id-slot": 4}', b'{"id-slot": -2}', b'{"id-slot": true}', b'{"return-tokens": 1}'],
 )
 def test_malformed_metadata(runner, metadata):
     p = Program(pages=8)

@@ -80,6 +80,21 @@ def test_engine_matches_the_single_sequence_reference(model_path):
     assert tokens == reference
 
 
+def test_a_request_for_a_busy_slot_waits_for_it_and_lets_others_pass(model_path):
+    with Model(model_path("spm")) as model, Engine(model, EngineConfig(ctx_size=256, parallel=2, batch_size=64)) as eng:
+        long = eng.submit(GenerationRequest(model.tokenize(PROMPTS[0]), max_tokens=200, ignore_eos=True, slot=0))
+        next(iter(long))  # (it has slot 0 now)
+        pinned = eng.submit(GenerationRequest(model.tokenize(PROMPTS[1]), max_tokens=2, ignore_eos=True, slot=0))
+        free = eng.submit(GenerationRequest(model.tokenize(PROMPTS[2]), max_tokens=2, ignore_eos=True))
+        free.text()
+        assert free.result.slot == 1 and long.result is None and pinned.result is None
+        pinned.text()
+        long.text()
+        assert (long.result.slot, pinned.result.slot) == (0, 0)
+        with pytest.raises(ValueError, match="no sequence 2"):
+            eng.submit(GenerationRequest(model.tokenize(PROMPTS[0]), slot=2))
+
+
 def test_concurrent_requests_are_batched(spm_engine):
     model = spm_engine.model
     before = spm_engine.stats()

@@ -85,14 +85,47 @@ def test_tokenize_with_pieces_and_detokenize_round_trip(http, vocab):
     assert http.post("/detokenize", json={"tokens": ids}).json()["content"] == vocab.detokenize(ids, special=True)
 
 
-def test_n_probs_gives_completion_probabilities(http):
-    body = http.post("/completion", json={"prompt": PROMPT, "n_predict": 5, "temperature": 0, "n_probs": 3}).json()
+def test_n_probs_gives_completion_probabilities(http, vocab):
+    body = http.post("/completion", json={"prompt": PROMPT, "n_predict": 5, "temperature": 0, "n_probs": 3,
+                                          "return_tokens": True}).json()
     probs = body["completion_probabilities"]
     assert len(probs) == body["tokens_predicted"] == 5
     assert "".join(p["token"] for p in probs) == body["content"]
-    # (at most 3: OpenAI's legacy logprobs, which this is made from, key alternatives by their text)
-    assert all(1 <= len(p["top_logprobs"]) <= 3 and p["logprob"] <= 0 for p in probs)
-    assert all(p["logprob"] >= max(t["logprob"] for t in p["top_logprobs"]) for p in probs)  # greedy
+    assert [p["id"] for p in probs] == body["tokens"]
+    for p in probs:  # llama-server's items: id, token, logprob, bytes, and as many alternatives as asked
+        assert p.keys() == {"id", "token", "logprob", "bytes", "top_logprobs"} and p["logprob"] <= 0
+        assert bytes(p["bytes"]) == vocab.piece(p["id"])
+        assert len(p["top_logprobs"]) == 3 and all(t.keys() == {"id", "token", "logprob", "bytes"} for t in p["top_logprobs"])
+        assert (p["id"], p["logprob"]) == (p["top_logprobs"][0]["id"], p["top_logprobs"][0]["logprob"])  # greedy
+
+
+def test_return_tokens_gives_the_generated_ids(server, http, vocab):
+    args = {"prompt": PROMPT, "n_predict": 6, "temperature": 0, "ignore_eos": True}
+    plain = http.post("/completion", json=args).json()
+    assert plain["tokens"] == []  # (only when asked for, or streamed: as llama-server)
+    body = http.post("/completion", json={**args, "return_tokens": True}).json()
+    assert len(body["tokens"]) == body["tokens_predicted"] == 6
+    assert vocab.detokenize(body["tokens"]) == body["content"] == plain["content"]
+    with httpx.stream("POST", server.url + "/completion", json={**args, "stream": True}, timeout=60) as r:
+        events = [json.loads(line.removeprefix("data: ")) for line in r.iter_lines() if line]
+    assert sum((e["tokens"] for e in events), []) == body["tokens"]
+    assert all(len(e["tokens"]) >= 1 for e in events[:-1])
+
+
+def test_id_slot_runs_the_request_on_that_slot(http):
+    prompt = "A prompt for the second slot only"
+    for slot in (2, 1):
+        body = http.post("/completion", json={"prompt": prompt, "n_predict": 3, "temperature": 0, "id_slot": slot}).json()
+        assert body["id_slot"] == slot
+        cached = {s["id"]: s["n_cached"] for s in http.get("/slots").json()}
+        assert cached[slot] == body["tokens_evaluated"] + 3 - 1  # (the last token drawn is not in the cache)
+    again = http.post("/completion", json={"prompt": prompt, "n_predict": 3, "temperature": 0}).json()
+    assert again["id_slot"] in (1, 2) and again["tokens_cached"] == again["tokens_evaluated"] - 1
+    # the OpenAI endpoints take it too, and then name the slot
+    chat = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+                                                  "id_slot": 0}).json()
+    assert chat["id_slot"] == 0
+    assert "id_slot" not in http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2}).json()
 
 
 def test_logit_bias_in_each_of_llama_servers_forms(http, vocab):
@@ -171,6 +204,12 @@ def test_props_describe_the_served_model(http, vocab):
     ("/completion", {"prompt": PROMPT, "temperature": "hot"}, "temperature"),
     ("/completion", {"prompt": [10 ** 9]}, "prompt"),
     ("/completion", {"prompt": PROMPT, "n_probs": 21}, "n_probs"),
+    ("/completion", {"prompt": PROMPT, "id_slot": 3}, "id_slot"),
+    ("/completion", {"prompt": PROMPT, "id_slot": -2}, "id_slot"),
+    ("/completion", {"prompt": PROMPT, "id_slot": "0"}, "id_slot"),
+    ("/completion", {"prompt": ["one", "two"], "id_slot": 0}, "id_slot"),
+    ("/completion", {"prompt": PROMPT, "return_tokens": "yes"}, "return_tokens"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "id_slot": 2 ** 40}, "id_slot"),
     ("/tokenize", {"content": 5}, "content"),
     ("/tokenize", {}, "content"),
     ("/detokenize", {"tokens": [-1]}, "tokens"),

@@ -142,7 +142,53 @@ def test_tokens_cut_by_a_stop_string_have_no_logprobs(server):
         assert tokens == full.logprobs.tokens[: len(tokens)]
 
 
+def test_token_ids_are_the_tokens_llama_cpp_python_generates(server, oracle):
+    """vLLM's ``return_token_ids``: each choice's generated ids, the same greedy tokens as
+    ``Llama.generate``; the log-probability entries carry the same ids (as llama-server's do)."""
+    n = 8
+    want = []
+    for token in oracle.generate(oracle.tokenize(PROMPT.encode()), temp=0.0, reset=True):
+        want.append(token)
+        if len(want) == n:
+            break
+    r = httpx.post(server.url + "/v1/completions", json={"model": "default", "prompt": PROMPT, "max_tokens": n,
+                                                         "temperature": 0, "ignore_eos": True, "logprobs": 2,
+                                                         "return_token_ids": True}).json()
+    choice = r["choices"][0]
+    assert choice["token_ids"] == want and r["usage"]["completion_tokens"] == n
+    assert choice["logprobs"]["tokens"] == [oracle.detokenize([t]).decode("utf-8", "replace") for t in want]
+    # the same, in chat's shape (llama-host's logprobs_format, as llama-server's /v1/completions answers)
+    shaped = httpx.post(server.url + "/v1/completions", json={"model": "default", "prompt": PROMPT, "max_tokens": n,
+                                                              "temperature": 0, "ignore_eos": True, "logprobs": 2,
+                                                              "logprobs_format": "chat"}).json()["choices"][0]
+    entries = shaped["logprobs"]["content"]
+    assert [e["id"] for e in entries] == want and all(e["id"] == e["top_logprobs"][0]["id"] for e in entries)
+    assert all(bytes(e["bytes"]) == oracle.detokenize([e["id"]]) for e in entries)
+    assert [e["logprob"] for e in entries] == choice["logprobs"]["token_logprobs"]
+
+
+def test_streamed_token_ids_are_the_whole_answers(server):
+    client = server.client()
+    for args in (dict(messages=M), dict(prompt=PROMPT)):
+        create = client.chat.completions.create if "messages" in args else client.completions.create
+        common = dict(model="default", max_tokens=10, temperature=0, extra_body={"return_token_ids": True}, **args)
+        whole = create(**common)
+        ids = whole.choices[0].token_ids
+        assert len(ids) == whole.usage.completion_tokens > 0
+        chunks = [c for c in create(**common, stream=True) if c.choices]
+        assert all(isinstance(c.choices[0].token_ids, list) for c in chunks)
+        assert sum((c.choices[0].token_ids for c in chunks), []) == ids
+        chat = create(**common, logprobs=True) if "messages" in args else None
+        if chat is not None:
+            assert [e.id for e in chat.choices[0].logprobs.content] == ids  # (a field more the SDK keeps)
+    plain = client.completions.create(model="default", prompt=PROMPT, max_tokens=2)
+    assert "token_ids" not in plain.choices[0].model_dump()
+
+
 @pytest.mark.parametrize("path, extra, param", [
+    ("/v1/completions", {"logprobs": 1, "logprobs_format": "content"}, "logprobs_format"),
+    ("/v1/completions", {"return_token_ids": 1}, "return_token_ids"),
+    ("/v1/chat/completions", {"return_token_ids": "yes"}, "return_token_ids"),
     ("/v1/chat/completions", {"logprobs": 2}, "logprobs"),
     ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ("/v1/chat/completions", {"logprobs": True, "top_logprobs": "3"}, "top_logprobs"),

@@ -100,8 +100,9 @@ pub const Context = struct {
     id: u32,
 
     pub const Input = enum(u32) { prompt = 0, metadata = 1 };
-    /// logprobs, prompt_logprobs: llama-host's, with the `logprobs` metadata key (logprobs.zig).
-    pub const Output = enum(u32) { text = 0, metadata = 1, logprobs = 2, prompt_logprobs = 3 };
+    /// logprobs, prompt_logprobs: llama-host's, with the `logprobs` metadata key (logprobs.zig);
+    /// tokens: llama-host's, the generated token ids (`return-tokens`).
+    pub const Output = enum(u32) { text = 0, metadata = 1, logprobs = 2, prompt_logprobs = 3, tokens = 4 };
 
     pub fn setInput(self: Context, index: Input, data: []const u8) Error!void {
         const dims = [_]u32{@intCast(data.len)};

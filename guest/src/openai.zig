@@ -35,6 +35,9 @@ const Job = struct {
     echo: bool = false, // completions: the prompt is prepended to the text
     grammar_param: ?[]const u8 = null, // the field a grammar the host refuses came from
     logprobs: bool = false, // the answer carries log-probabilities
+    chat_logprobs: bool = false, // completions: in chat's shape (`logprobs_format`: "chat")
+    token_ids: bool = false, // each choice carries its generated token ids (vLLM's return_token_ids)
+    id_slot: ?i64 = null, // llama-server's: the sequence asked for (-1: any); the answer names the one that ran it
     n: usize = 1, // choices per prompt
     tools: toolcall.Request = .{},
     format: toolcall.Format = .generic, // chat: how the model's template writes tool calls
@@ -79,6 +82,8 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
     const info = try prompt.ModelInfo.read(gpa, graph);
     if (job.n > 1 and info.n_parallel > 0 and job.n > info.n_parallel)
         return problem.fail("n", "'n' is {d}, more than the {d} sequences the model '{s}' decodes at once (its --parallel)", .{ job.n, info.n_parallel, job.model_id });
+    if (job.id_slot) |slot| if (info.n_parallel > 0 and slot >= info.n_parallel)
+        return problem.fail("id_slot", "'id_slot' is {d}; the model '{s}' has sequences 0 to {d} (its --parallel)", .{ slot, job.model_id, info.n_parallel - 1 });
     const prompts: []const Prompt = switch (api) {
         .chat, .template => blk: {
             const rendered = prompt.renderChat(gpa, job.model, info, request, job.tools, problem) catch |err| switch (err) {
@@ -98,6 +103,8 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
     };
     if (prompts.len * job.n > max_choices)
         return problem.fail("n", "{d} prompts × 'n' {d} is more than {d} choices", .{ prompts.len, job.n, max_choices });
+    if ((job.id_slot orelse -1) >= 0 and prompts.len * job.n > 1)
+        return problem.fail("id_slot", "'id_slot' names one sequence: one prompt and 'n' 1 only", .{});
 
     // One execution context per choice; the host shares a prompt's KV cells among its choices.
     const choices = try gpa.alloc(Choice, prompts.len * job.n);
@@ -113,6 +120,7 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
             .prompt_chars = if (p == .text) logprobs.characters(p.text) else 0,
             .text = std.ArrayList(u8).init(gpa),
             .entries = std.ArrayList(Value).init(gpa),
+            .token_ids = std.ArrayList(i64).init(gpa),
             .reasoning = std.ArrayList(u8).init(gpa),
             .calls = std.ArrayList(toolcall.Call).init(gpa),
             .split = if (api == .chat) toolcall.Splitter.init(gpa, job.format, job.tools.tools, job.tools.active(), job.think, job.in_reasoning) else null,
@@ -139,6 +147,7 @@ fn serveChecked(gpa: Allocator, api: Api, cfg: config.Config, body: []const u8, 
         try c.entries.appendSlice(generated);
         if (c.echo != null) c.prompt_entries = logprobs.read(gpa, c.ctx, .prompt, false) catch |err| return jobFailure(gpa, err, &job, api, failure);
     }
+    if (job.token_ids) try c.token_ids.appendSlice(readTokenIds(gpa, c.ctx, false) catch |err| return jobFailure(gpa, err, &job, api, failure));
     try answer.whole(choices);
 }
 
@@ -179,6 +188,7 @@ const Choice = struct {
     prompt_chars: usize, // where the completion's text_offset starts
     text: std.ArrayList(u8), // not streamed: the text so far
     entries: std.ArrayList(Value), // not streamed: log-probabilities so far
+    token_ids: std.ArrayList(i64), // the generated token ids (return_token_ids) not yet in a chunk
     prompt_entries: []const Value = &.{},
     usage: Usage = .{},
     started: bool = false,
@@ -214,9 +224,20 @@ const Choice = struct {
 
     /// How a streamed choice ended, for its last chunk.
     fn ending(self: *const Choice) Answer.End {
-        return .{ .reason = self.finishReason(), .stop_word = self.stopWord(), .timings = self.usage.timings };
+        return .{ .reason = self.finishReason(), .stop_word = self.stopWord(), .usage = self.usage };
     }
 };
+
+/// The generated token ids (output 4): all of them after `compute`, the last token's after
+/// `compute_single`; memory in `gpa`.
+fn readTokenIds(gpa: Allocator, ctx: abi.Context, single: bool) (abi.Error || error{OutOfMemory})![]const i64 {
+    var buf: [64]u8 = undefined;
+    const bytes = if (single) try ctx.outputSingle(gpa, .tokens, &buf) else try ctx.output(gpa, .tokens);
+    return std.json.parseFromSliceLeaky([]const i64, gpa, bytes, .{ .allocate = .alloc_always }) catch |err| switch (err) {
+        error.OutOfMemory => return error.OutOfMemory,
+        else => return error.RuntimeError, // the host's JSON is always a list of integers
+    };
+}
 
 /// Generates every choice a token at a time, round robin (the host runs them together, so a
 /// choice waited on has usually produced its token already): streamed, each piece is a chunk as
@@ -239,7 +260,7 @@ fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer
                     c.prompt_entries = logprobs.read(gpa, c.ctx, .prompt, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure);
                 if (job.stream) {
                     const lp = if (c.echo != null and job.logprobs) try answer.chunkLogprobs(c.prompt_entries, &c.offset) else null;
-                    try answer.chunk(c.index, if (answer.api == .completion) (c.echo orelse "") else "", true, null, lp);
+                    try answer.chunk(c, if (answer.api == .completion) (c.echo orelse "") else "", true, null, lp);
                 }
                 c.offset = c.prompt_chars;
             }
@@ -249,13 +270,14 @@ fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer
                     logprobs.read(gpa, c.ctx, .generated, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure)
                 else
                     &.{};
+                if (job.token_ids) try c.token_ids.appendSlice(readTokenIds(gpa, c.ctx, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure));
                 const d = try c.take(piece);
                 if (!job.stream) {
                     try c.gather(d);
                     try c.entries.appendSlice(entries);
                 } else if (!d.empty() or entries.len > 0) {
                     const lp = if (job.logprobs) try answer.chunkLogprobs(entries, &c.offset) else null;
-                    if (answer.api == .chat) try answer.delta(c, d, lp) else try answer.chunk(c.index, d.content, false, null, lp);
+                    if (answer.api == .chat) try answer.delta(c, d, lp) else try answer.chunk(c, d.content, false, null, lp);
                 }
                 continue;
             }
@@ -269,7 +291,7 @@ fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer
             }
             if (!d.empty()) try answer.delta(c, d, null); // (chat only: other APIs release nothing at the end)
             try c.calls.appendSlice(d.calls);
-            try answer.chunk(c.index, "", false, c.ending(), null);
+            try answer.chunk(c, "", false, c.ending(), null);
         }
     }
     if (!job.stream) return answer.whole(choices);
@@ -329,6 +351,14 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
     _ = try request.string("user");
     if (try request.integer("n", 1, max_choices)) |n| job.n = @intCast(n);
     try logprobRequest(api, request, &job);
+    if ((try request.boolean("return_token_ids")) orelse false) {
+        job.token_ids = true;
+        try md.put("return-tokens", .{ .bool = true });
+    }
+    if (try request.integer("id_slot", -1, std.math.maxInt(i32))) |slot| {
+        job.id_slot = slot;
+        if (slot >= 0) try md.put("id-slot", .{ .integer = slot });
+    }
     try stopStrings(request, md);
     try logitBias(gpa, request, md);
     // llama-server's top-level `json_schema`; `response_format` wins over it; `grammar` over both.
@@ -355,6 +385,11 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
 
 fn logprobRequest(api: Api, request: Object, job: *Job) fields.Invalid!void {
     if (api == .completion) { // legacy: `logprobs` is the number of alternatives per token
+        if (try request.string("logprobs_format")) |shape| {
+            job.chat_logprobs = std.mem.eql(u8, shape, "chat");
+            if (!job.chat_logprobs and !std.mem.eql(u8, shape, "legacy"))
+                return request.problem.fail("logprobs_format", "'logprobs_format' must be legacy or chat, not '{}'", .{fields.echo(shape)});
+        }
         const n = (try request.integer("logprobs", 0, max_top_logprobs)) orelse return;
         try job.metadata.put("logprobs", .{ .integer = n });
         job.logprobs = true;
@@ -521,6 +556,7 @@ const Usage = struct {
     finish_reason: []const u8 = "stop",
     stop_word: ?[]const u8 = null, // the stop string that ended the text
     timings: ?Value = null, // llama-server's, from the host (milliseconds, tokens)
+    id_slot: i64 = -1, // the sequence that ran it
 
     fn read(gpa: Allocator, ctx: abi.Context) error{OutOfMemory}!Usage {
         const bytes = ctx.output(gpa, .metadata) catch return .{};
@@ -543,6 +579,7 @@ const Usage = struct {
             context_full: bool = false,
             stop_word: ?[]const u8 = null,
             timings: ?Value = null,
+            id_slot: i64 = -1,
         };
         const m = std.json.parseFromSliceLeaky(Meta, gpa, bytes, .{ .ignore_unknown_fields = true, .allocate = .alloc_always }) catch |err| switch (err) {
             error.OutOfMemory => return error.OutOfMemory,
@@ -556,6 +593,7 @@ const Usage = struct {
             .finish_reason = if (length) "length" else "stop",
             .stop_word = if (length) null else m.stop_word,
             .timings = m.timings,
+            .id_slot = m.id_slot,
         };
     }
 
@@ -592,6 +630,9 @@ const Answer = struct {
     fingerprint: []const u8,
     include_usage: bool,
     logprobs: bool,
+    chat_logprobs: bool, // completions: log-probabilities in chat's shape
+    token_ids: bool, // choices carry `token_ids`
+    id_slot: bool, // the answer carries `id_slot`
     format: toolcall.Format, // for call ids
 
     fn init(gpa: Allocator, api: Api, cfg: config.Config, job: Job) Answer {
@@ -604,13 +645,16 @@ const Answer = struct {
             .fingerprint = cfg.system_fingerprint,
             .include_usage = job.include_usage,
             .logprobs = job.logprobs,
+            .chat_logprobs = job.chat_logprobs,
+            .token_ids = job.token_ids,
+            .id_slot = job.id_slot != null,
             .format = job.format,
         };
     }
 
     /// The log-probabilities of a chunk's tokens, in its API's shape; `offset` as Legacy.append.
     fn chunkLogprobs(self: Answer, entries: []const Value, offset: *usize) error{OutOfMemory}!Value {
-        if (self.api == .chat) return logprobs.chat(self.gpa, entries);
+        if (self.api == .chat or self.chat_logprobs) return logprobs.chat(self.gpa, entries);
         var shape = logprobs.Legacy.init(self.gpa);
         try shape.append(entries, offset);
         return shape.value();
@@ -620,6 +664,7 @@ const Answer = struct {
     fn choiceLogprobs(self: Answer, c: *const Choice) error{OutOfMemory}!?Value {
         if (!self.logprobs) return null;
         if (self.api == .chat) return try logprobs.chat(self.gpa, c.entries.items);
+        if (self.chat_logprobs) return try logprobs.chat(self.gpa, try std.mem.concat(self.gpa, Value, &.{ c.prompt_entries, c.entries.items }));
         var shape = logprobs.Legacy.init(self.gpa);
         var offset: usize = 0;
         if (c.echo != null) try shape.append(c.prompt_entries, &offset);
@@ -701,14 +746,14 @@ const Answer = struct {
     }
 
     /// A streamed chat step: content and reasoning as they come, a call in two chunks.
-    fn delta(self: Answer, c: *const Choice, d: toolcall.Delta, lp: ?Value) reply.EmitError!void {
+    fn delta(self: Answer, c: *Choice, d: toolcall.Delta, lp: ?Value) reply.EmitError!void {
         if (d.content.len > 0 or d.reasoning.len > 0 or lp != null) {
-            try self.event("chat.completion.chunk", .{.{
+            try self.event("chat.completion.chunk", .{ended(.{
                 .index = c.index,
                 .delta = Delta{ .content = if (d.content.len > 0 or d.reasoning.len == 0) d.content else null, .reasoning = d.reasoning },
                 .logprobs = lp,
                 .finish_reason = null,
-            }}, null, null);
+            }, .{ .token_ids = try self.takeIds(c) })}, null, .{});
         }
         for (d.calls, 0..) |call, k| {
             const index = c.calls.items.len + k;
@@ -721,18 +766,16 @@ const Answer = struct {
                 .delta = Delta{ .content = null, .tool_calls = &.{part} },
                 .logprobs = null,
                 .finish_reason = null,
-            }}, null, null);
+            }}, null, .{});
         }
     }
     const TextChoice = struct { text: []const u8, index: usize, logprobs: ?Value, finish_reason: []const u8 };
 
-    /// An OpenAI object with one field more, written only when it has a value: a choice's
-    /// `stop_word` (the stop string that ended its text, llama-server's `stopping_word`), an
-    /// answer's `timings` (llama-server's).
-    fn With(comptime T: type, comptime name: []const u8, comptime E: type) type {
+    /// An OpenAI object with fields more, each written only when it has a value.
+    fn With(comptime T: type, comptime Extra: type) type {
         return struct {
             base: T,
-            extra: ?E,
+            extra: Extra,
 
             pub fn jsonStringify(self: @This(), jws: anytype) !void {
                 try jws.beginObject();
@@ -740,88 +783,113 @@ const Answer = struct {
                     try jws.objectField(f.name);
                     try jws.write(@field(self.base, f.name));
                 }
-                if (self.extra) |value| {
-                    try jws.objectField(name);
+                inline for (std.meta.fields(Extra)) |f| if (@field(self.extra, f.name)) |value| {
+                    try jws.objectField(f.name);
                     try jws.write(value);
-                }
+                };
                 try jws.endObject();
             }
         };
     }
 
-    fn ended(choice: anytype, stop_word: ?[]const u8) With(@TypeOf(choice), "stop_word", []const u8) {
-        return .{ .base = choice, .extra = stop_word };
+    /// A choice's `stop_word` (the stop string that ended its text, llama-server's
+    /// `stopping_word`) and `token_ids` (vLLM's: with return_token_ids, those of this choice or chunk).
+    const ChoiceExtra = struct { stop_word: ?[]const u8 = null, token_ids: ?[]const i64 = null };
+    /// An answer's `timings` and `id_slot` (llama-server's; the latter when the request names one).
+    const AnswerExtra = struct { timings: ?Value = null, id_slot: ?i64 = null };
+
+    fn ended(choice: anytype, extra: ChoiceExtra) With(@TypeOf(choice), ChoiceExtra) {
+        return .{ .base = choice, .extra = extra };
     }
 
-    fn timed(answer: anytype, timings: ?Value) With(@TypeOf(answer), "timings", Value) {
-        return .{ .base = answer, .extra = timings };
+    fn timed(answer: anytype, extra: AnswerExtra) With(@TypeOf(answer), AnswerExtra) {
+        return .{ .base = answer, .extra = extra };
+    }
+
+    /// The answer's extras from a choice's usage.
+    fn answerExtra(self: Answer, usage: Usage) AnswerExtra {
+        return .{ .timings = usage.timings, .id_slot = if (self.id_slot) usage.id_slot else null };
+    }
+
+    /// A streamed choice's token ids not yet sent (null without return_token_ids); the choice
+    /// forgets them, so the caller must send them.
+    fn takeIds(self: Answer, c: *Choice) error{OutOfMemory}!?[]const i64 {
+        if (!self.token_ids) return null;
+        const ids = try self.gpa.dupe(i64, c.token_ids.items);
+        c.token_ids.clearRetainingCapacity();
+        return ids;
     }
 
     fn whole(self: Answer, choices: []const Choice) reply.EmitError!void {
         const usage = Usage.total(choices);
         switch (self.api) {
             .chat => {
-                const out = try self.gpa.alloc(With(ChatChoice, "stop_word", []const u8), choices.len);
+                const out = try self.gpa.alloc(With(ChatChoice, ChoiceExtra), choices.len);
                 for (choices, out) |*c, *o| o.* = ended(ChatChoice{
                     .index = c.index,
                     .message = try self.message(c),
                     .logprobs = try self.choiceLogprobs(c),
                     .finish_reason = c.finishReason(),
-                }, c.stopWord());
-                try reply.json(self.gpa, .body, timed(.{ .id = self.id, .object = "chat.completion", .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = out, .usage = usage }, choices[0].usage.timings));
+                }, self.choiceExtra(c));
+                try reply.json(self.gpa, .body, timed(.{ .id = self.id, .object = "chat.completion", .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = out, .usage = usage }, self.answerExtra(choices[0].usage)));
             },
             .completion => {
-                const out = try self.gpa.alloc(With(TextChoice, "stop_word", []const u8), choices.len);
+                const out = try self.gpa.alloc(With(TextChoice, ChoiceExtra), choices.len);
                 for (choices, out) |*c, *o| o.* = ended(TextChoice{
                     .text = if (c.echo) |p| try std.mem.concat(self.gpa, u8, &.{ p, c.text.items }) else c.text.items,
                     .index = c.index,
                     .logprobs = try self.choiceLogprobs(c),
                     .finish_reason = c.usage.finish_reason,
-                }, c.stopWord());
-                try reply.json(self.gpa, .body, timed(.{ .id = self.id, .object = "text_completion", .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = out, .usage = usage }, choices[0].usage.timings));
+                }, self.choiceExtra(c));
+                try reply.json(self.gpa, .body, timed(.{ .id = self.id, .object = "text_completion", .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = out, .usage = usage }, self.answerExtra(choices[0].usage)));
             },
             .template => unreachable, // answered with its prompt before any generation
         }
     }
 
-    /// The end of a streamed choice: its finish_reason, stop word and timings.
-    const End = struct { reason: []const u8, stop_word: ?[]const u8 = null, timings: ?Value = null };
+    /// A whole choice's extras.
+    fn choiceExtra(self: Answer, c: *const Choice) ChoiceExtra {
+        return .{ .stop_word = c.stopWord(), .token_ids = if (self.token_ids) c.token_ids.items else null };
+    }
+
+    /// The end of a streamed choice: its finish_reason, stop word and usage (timings, slot).
+    const End = struct { reason: []const u8, stop_word: ?[]const u8 = null, usage: Usage };
 
     /// A chat delta chunk (`role` only in the first), a completion text chunk, or (`end`) a
     /// choice's last chunk, which carries llama-server's `timings` as its last chunk does.
-    fn chunk(self: Answer, index: usize, text: []const u8, first: bool, end: ?End, lp: ?Value) reply.EmitError!void {
+    fn chunk(self: Answer, c: *Choice, text: []const u8, first: bool, end: ?End, lp: ?Value) reply.EmitError!void {
         const usage: ?Usage = null;
-        const stop_word = if (end) |e| e.stop_word else null;
-        const timings = if (end) |e| e.timings else null;
+        const extra = ChoiceExtra{ .stop_word = if (end) |e| e.stop_word else null, .token_ids = try self.takeIds(c) };
+        const answer_extra = if (end) |e| self.answerExtra(e.usage) else AnswerExtra{};
         switch (self.api) {
             .chat => if (end) |e|
-                try self.event("chat.completion.chunk", .{ended(.{ .index = index, .delta = Empty{}, .logprobs = @as(?Value, null), .finish_reason = e.reason }, stop_word)}, usage, timings)
+                try self.event("chat.completion.chunk", .{ended(.{ .index = c.index, .delta = Empty{}, .logprobs = @as(?Value, null), .finish_reason = e.reason }, extra)}, usage, answer_extra)
             else
-                try self.event("chat.completion.chunk", .{.{
-                    .index = index,
+                try self.event("chat.completion.chunk", .{ended(.{
+                    .index = c.index,
                     .delta = Delta{ .role = if (first) "assistant" else null, .content = text },
                     .logprobs = lp,
                     .finish_reason = null,
-                }}, usage, null),
+                }, extra)}, usage, .{}),
             .completion => try self.event("text_completion", .{ended(.{
                 .text = text,
-                .index = index,
+                .index = c.index,
                 .logprobs = lp,
                 .finish_reason = if (end) |e| e.reason else null,
-            }, stop_word)}, usage, timings),
+            }, extra)}, usage, answer_extra),
             .template => unreachable,
         }
     }
 
     fn usageChunk(self: Answer, usage: Usage) reply.EmitError!void {
-        try self.event(if (self.api == .chat) "chat.completion.chunk" else "text_completion", &[_]Empty{}, usage, null);
+        try self.event(if (self.api == .chat) "chat.completion.chunk" else "text_completion", &[_]Empty{}, usage, .{});
     }
 
-    fn event(self: Answer, object: []const u8, choices: anytype, usage: ?Usage, timings: ?Value) reply.EmitError!void {
+    fn event(self: Answer, object: []const u8, choices: anytype, usage: ?Usage, extra: AnswerExtra) reply.EmitError!void {
         if (self.include_usage) {
-            try reply.json(self.gpa, .event, timed(.{ .id = self.id, .object = object, .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = choices, .usage = usage }, timings));
+            try reply.json(self.gpa, .event, timed(.{ .id = self.id, .object = object, .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = choices, .usage = usage }, extra));
         } else {
-            try reply.json(self.gpa, .event, timed(.{ .id = self.id, .object = object, .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = choices }, timings));
+            try reply.json(self.gpa, .event, timed(.{ .id = self.id, .object = object, .created = self.created, .model = self.model, .system_fingerprint = self.fingerprint, .choices = choices }, extra));
         }
     }
 

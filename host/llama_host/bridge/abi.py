@@ -45,6 +45,7 @@ INPUT_PROMPT, INPUT_METADATA = 0, 1
 TENSOR_U8, TENSOR_I32 = 3, 4  # a prompt as bytes of text, or as token ids (llama-host)
 OUTPUT_TEXT, OUTPUT_METADATA = 0, 1
 OUTPUT_LOGPROBS, OUTPUT_PROMPT_LOGPROBS = 2, 3  # llama-host: with the `logprobs` metadata key
+OUTPUT_TOKENS = 4  # llama-host: the generated token ids, with the `return-tokens` metadata key
 
 # --- metadata (set_input index 1, load_by_name_with_config) ---------------------------------
 
@@ -79,6 +80,8 @@ METADATA_KEYS: dict[str, str] = {
     "grammar-schemas": "dict[str,object]",
     "grammar-triggers": "list[str]",
     "prompt-logprobs": _BOOL,
+    "return-tokens": _BOOL,
+    "id-slot": _INT,
     # accepted, fixed by the preload
     "ctx-size": _INT,
     "batch-size": _INT,

@@ -28,6 +28,7 @@ from llama_host.bridge.abi import (
     OUTPUT_METADATA,
     OUTPUT_PROMPT_LOGPROBS,
     OUTPUT_TEXT,
+    OUTPUT_TOKENS,
     TENSOR_I32,
     TENSOR_STRUCT,
     Errno,
@@ -71,6 +72,7 @@ class ExecContext:
     output: bytearray = dataclasses.field(default_factory=bytearray)
     last_piece: bytes = b""
     logprobs: list[dict] = dataclasses.field(default_factory=list)  # compute: all; compute_single: the last output's
+    tokens: list[int] = dataclasses.field(default_factory=list)  # generated ids, as logprobs (`return-tokens`)
     prompt_logprobs: list[dict | None] = dataclasses.field(default_factory=list)
     handle: RequestHandle | None = None  # compute_single in progress
     result: Result | None = None
@@ -230,14 +232,16 @@ class NnSession:
         ctx.result = None
         if ctx.metadata.get("embedding"):
             return self._embed(ctx)
-        ctx.logprobs = []
+        ctx.logprobs, ctx.tokens = [], []
         handle = self._submit(ctx)
         echo = self.stream_stdout if ctx.metadata.get("stream-stdout") else None
-        if echo is not None or handle.request.logprobs is not None:
+        if echo is not None or handle.request.logprobs is not None or ctx.metadata.get("return-tokens"):
             for out in handle:
                 piece = out.text.encode()
                 ctx.output += piece
                 ctx.logprobs += self._logprob_entries(ctx, out.logprobs)
+                if out.token >= 0:
+                    ctx.tokens.append(out.token)
                 if piece and echo is not None:
                     echo(piece)
         else:
@@ -257,9 +261,10 @@ class NnSession:
         if not ctx.prompt_logprobs:  # (set by the engine before its first output)
             ctx.prompt_logprobs = self._prompt_entries(ctx, ctx.handle)
         if out is None:
-            ctx.logprobs = []
+            ctx.logprobs, ctx.tokens = [], []
             return self._finished(ctx, ctx.handle.result, single=True)
         ctx.generated += out.token >= 0
+        ctx.tokens = [out.token] if out.token >= 0 else []
         ctx.last_piece = out.text.encode()
         ctx.logprobs = self._logprob_entries(ctx, out.logprobs)
         ctx.output += ctx.last_piece
@@ -273,7 +278,7 @@ class NnSession:
         data = bytes(ctx.output) if index == OUTPUT_TEXT else self._output_metadata(ctx, index)
         return mem.write_output(buf, buf_max, written, data)
 
-    _OUTPUTS = "0 is the text, 1 the metadata, 2 the log-probabilities, 3 the prompt's"
+    _OUTPUTS = "0 is the text, 1 the metadata, 2 the log-probabilities, 3 the prompt's, 4 the token ids"
 
     def get_output_single(self, mem: GuestMemory, ctx_id: int, index: int, buf: int, buf_max: int, written: int) -> Errno:
         ctx = self._context(ctx_id)
@@ -317,6 +322,10 @@ class NnSession:
         stop = list(md.get("stop", []))
         if md.get("reverse-prompt"):
             stop.append(md["reverse-prompt"])
+        slot = md.get("id-slot", -1)
+        if not -1 <= slot < served.engine.config.parallel:
+            raise NnError(Errno.INVALID_ARGUMENT,
+                          f"metadata 'id-slot' must be -1 (any) or a sequence from 0 to {served.engine.config.parallel - 1}")
         triggers = md.get("grammar-triggers", [])
         if len(triggers) > MAX_TRIGGERS or not all(0 < len(t.encode()) <= MAX_TRIGGER_BYTES for t in triggers):
             raise NnError(Errno.INVALID_ARGUMENT,
@@ -344,7 +353,7 @@ class NnSession:
             request = GenerationRequest(
                 tokens, sampling, max_tokens=None if n_predict < 0 else n_predict, stop=stop,
                 ignore_eos=md.get("ignore-eos", False), logprobs=n_top,
-                prompt_logprobs=md.get("prompt-logprobs", False),
+                prompt_logprobs=md.get("prompt-logprobs", False), slot=None if slot < 0 else slot,
             )
             handle = served.engine.submit(request)
         except PromptTooLong as e:
@@ -408,6 +417,8 @@ class NnSession:
             return json.dumps(ctx.logprobs).encode()
         if index == OUTPUT_PROMPT_LOGPROBS:
             return json.dumps(ctx.prompt_logprobs).encode()
+        if index == OUTPUT_TOKENS:
+            return json.dumps(ctx.tokens).encode()
         if index != OUTPUT_METADATA:
             raise NnError(Errno.INVALID_ARGUMENT, f"output index {index}: {self._OUTPUTS}")
         result = ctx.result
@@ -422,6 +433,7 @@ class NnSession:
             "context_full": result.context_full if result else False,
             "stop_word": result.stop if result else None,
             "timings": _timings(result) if result else None,
+            "id_slot": result.slot if result else -1,
         }
         if result is None:  # compute_single still running
             meta["output_tokens"] = ctx.generated
@@ -467,8 +479,8 @@ def _token_ids(data: bytes, n_vocab: int) -> list[int]:
 def _token_entry(model, token: int, logprob: float | None) -> dict:
     piece = model.piece(token)
     # (-inf has no JSON spelling; OpenAI writes -9999 for "never")
-    return {"token": piece.decode("utf-8", "replace"), "logprob": None if logprob is None else max(logprob, -9999.0),
-            "bytes": list(piece)}
+    return {"id": token, "token": piece.decode("utf-8", "replace"),
+            "logprob": None if logprob is None else max(logprob, -9999.0), "bytes": list(piece)}
 
 
 # The sdist that llama.cpp is built from carries no git metadata, so there is no build number to

@@ -5,9 +5,10 @@
 ``temperature``, ``top_k``, ``min_p``, ``repeat_penalty``, ``grammar``, ``json_schema``, ...;
 ``n_predict`` is ``max_tokens``, ``n_probs`` is ``logprobs``), and its answer llama-server's shape:
 ``content``, ``stop``, ``stop_type``, ``tokens_predicted``, ``tokens_evaluated``, ``tokens_cached``,
-``generation_settings``, ``completion_probabilities``; streamed, one event per piece of text and a
-last one with ``stop: true`` and the counts. ``cache_prompt`` and ``id_slot`` are accepted: every
-prompt is cached, and the engine picks the slot whose cache shares the longest prefix.
+``generation_settings``, ``completion_probabilities`` (with token ids: the guest gives chat's
+entries), ``tokens`` (with ``return_token_ids``); streamed, one event per piece of text and a last
+one with ``stop: true`` and the counts. ``cache_prompt`` is accepted: every prompt is cached, and
+the engine picks the slot whose cache shares the longest prefix, or the one ``id_slot`` names.
 Tokenizing needs no guest: ``tokenize`` and ``detokenize`` run on the model itself.
 """
 
@@ -77,8 +78,11 @@ def completion_request(body: Any) -> dict:
     if (n_probs := field(body, "n_probs", int, 0)) > MAX_N_PROBS:
         raise CompatError("n_probs", f"'n_probs' is at most {MAX_N_PROBS} here (OpenAI's bound), not {n_probs}")
     if n_probs > 0:
-        out["logprobs"] = n_probs
+        out.update(logprobs=n_probs, logprobs_format="chat")
     out.update(streaming(body))
+    # (the generated ids: asked for, or streamed, as llama-server gives them; the answer names its slot)
+    out["return_token_ids"] = field(body, "return_tokens", bool, False) or out.get("stream", False)
+    out["id_slot"] = field(body, "id_slot", int, -1)
     return out
 
 
@@ -183,25 +187,20 @@ def _settings(request: dict) -> dict:
 
 
 def _probabilities(logprobs: dict | None) -> list[dict]:
-    """OpenAI's legacy logprobs as llama-server's completion_probabilities."""
-    if not logprobs:
-        return []
-    out = []
-    for token, logprob, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"] or []):
-        out.append({"token": token, "logprob": logprob, "bytes": list(token.encode()),
-                    "top_logprobs": [{"token": t, "logprob": p, "bytes": list(t.encode())} for t, p in (top or {}).items()]})
-    return out
+    """completion_probabilities: the guest's entries in chat's shape are llama-server's items
+    (``id``, ``token``, ``logprob``, ``bytes``, ``top_logprobs`` of the same)."""
+    return (logprobs or {}).get("content") or []
 
 
 def _final(request: dict, index: int, model: str, content: str, finish: str | None, usage: dict | None,
-           logprobs: dict | None, stop_word: str | None, timings: dict | None) -> dict:
+           logprobs: dict | None, stop_word: str | None, timings: dict | None, tokens: list[int], slot: int) -> dict:
     """One prompt's result (``timings`` where known: llama-server's own counts come first)."""
     usage = usage or {}
     given = request["_prompts"][index]
     n_prompt = request["_n_prompt"][index] if "_n_prompt" in request else usage.get("prompt_tokens", 0)
     cached = timings["cache_n"] if timings and "cache_n" in timings else cached_tokens(usage) if index == 0 else 0
     out = {
-        "index": index, "content": content, "tokens": [], "id_slot": -1, "stop": True, "model": model,
+        "index": index, "content": content, "tokens": tokens, "id_slot": slot, "stop": True, "model": model,
         "tokens_predicted": timings["predicted_n"] if timings else usage.get("completion_tokens", 0),
         "tokens_evaluated": n_prompt, "tokens_cached": cached,
         "generation_settings": _settings(request), "prompt": given if isinstance(given, str) else "",
@@ -220,7 +219,8 @@ def completion_response(request: dict, answer: dict, _seconds: float) -> dict | 
         timings = answer.get("timings") if i == 0 else None  # (the answer's are its first choice's)
         usage = answer.get("usage") if len(answer["choices"]) == 1 else None
         results.append(_final(request, i, answer["model"], choice["text"], choice["finish_reason"], usage,
-                              choice.get("logprobs"), choice.get("stop_word"), timings))
+                              choice.get("logprobs"), choice.get("stop_word"), timings,
+                              choice.get("token_ids", []), answer.get("id_slot", -1)))
     return results[0] if len(results) == 1 else results
 
 
@@ -231,15 +231,16 @@ class CompletionStream:
     def __init__(self, request: dict) -> None:
         self.request = request
         self.model = request.get("model", "")
-        self.ends: dict[int, tuple[str | None, str | None, dict | None]] = {}  # index -> finish, stop word, timings
+        # index -> finish, stop word, timings, token ids not sent with text (cut by a stop string), slot
+        self.ends: dict[int, tuple[str | None, str | None, dict | None, list[int], int]] = {}
         self.usage: dict | None = None
 
     def event(self, payload: bytes) -> bytes:
         if payload == b"[DONE]":
             single = len(self.request["_prompts"]) == 1
             return b"".join(_data(_final(self.request, i, self.model, "", finish, self.usage if single else None, None,
-                                         stop_word, timings))
-                            for i, (finish, stop_word, timings) in sorted(self.ends.items()))
+                                         stop_word, timings, tokens, slot))
+                            for i, (finish, stop_word, timings, tokens, slot) in sorted(self.ends.items()))
         chunk = orjson.loads(payload)
         self.model = chunk.get("model", self.model)
         if chunk.get("usage"):
@@ -248,9 +249,11 @@ class CompletionStream:
         for choice in chunk.get("choices") or []:
             i = choice.get("index", 0)
             if choice.get("finish_reason"):
-                self.ends[i] = (choice["finish_reason"], choice.get("stop_word"), chunk.get("timings"))
+                self.ends[i] = (choice["finish_reason"], choice.get("stop_word"), chunk.get("timings"),
+                                choice.get("token_ids", []), chunk.get("id_slot", -1))
             if choice.get("text"):
-                piece = {"index": i, "content": choice["text"], "tokens": [], "stop": False, "id_slot": -1}
+                piece = {"index": i, "content": choice["text"], "tokens": choice.get("token_ids", []), "stop": False,
+                         "id_slot": self.request.get("id_slot", -1)}
                 if "logprobs" in self.request:
                     piece["completion_probabilities"] = _probabilities(choice.get("logprobs"))
                 out += _data(piece)

@@ -182,6 +182,8 @@ class Engine(Resource):
             raise ValueError("the prompt has no tokens")
         if n_prompt >= self.n_ctx_seq:
             raise PromptTooLong(n_prompt, self.n_ctx_seq)
+        if request.slot is not None and not 0 <= request.slot < len(self._slots):
+            raise ValueError(f"no sequence {request.slot}: there are {len(self._slots)}")
         handle = RequestHandle(request)
         # Built here so that a bad grammar fails the call, not the request later.
         ban = self.model.eog_tokens if request.ignore_eos else ()
@@ -368,13 +370,16 @@ class Engine(Resource):
         for handle in [h for h in self._waiting if h.cancelled]:
             self._waiting.remove(handle)
             self._drop(handle, FinishReason.CANCELLED)
-        while self._waiting:
+        for handle in list(self._waiting):
             free = [s for s in self._slots if not s.busy]
             if not free:
                 break
-            handle = self._waiting.popleft()
-            prompt = list(handle.request.prompt)
-            self._start(max(free, key=functools.partial(_fit, prompt)), handle, prompt)
+            prompt, pinned = list(handle.request.prompt), handle.request.slot
+            if pinned is not None and self._slots[pinned].busy:
+                continue  # (it waits for its sequence; those behind it may start)
+            self._waiting.remove(handle)
+            self._start(self._slots[pinned] if pinned is not None else max(free, key=functools.partial(_fit, prompt)),
+                        handle, prompt)
         self._stats.set(queue_depth=len(self._waiting), busy_sequences=sum(s.busy for s in self._slots))
 
     def _drop(self, handle: RequestHandle, reason: FinishReason, error: HostError | None = None) -> None:
@@ -574,6 +579,7 @@ class Engine(Resource):
             prompt_seconds=None if started is None else started - slot.admitted_at,
             generation_seconds=None if started is None else time.monotonic() - started,
             error=error,
+            slot=slot.seq_id,
         )
         # Held-back text is out now, with its tokens' log-probabilities; after a stop string,
         # the tokens it cut are not part of the answer.

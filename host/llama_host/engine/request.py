@@ -30,6 +30,7 @@ class GenerationRequest:
     ignore_eos: bool = False
     logprobs: int | None = None  # the generated tokens' log-probabilities, with this many alternatives
     prompt_logprobs: bool = False  # the prompt's too (in Result; the prompt is evaluated afresh)
+    slot: int | None = None  # this sequence only (llama-server's id_slot): waits until it is free
 
 
 @dataclasses.dataclass
@@ -44,6 +45,7 @@ class Result:
     prompt_seconds: float | None = None  # from getting a sequence to the first token (prompt evaluation)
     generation_seconds: float | None = None  # from the first token to the end
     error: HostError | None = None
+    slot: int = -1  # the sequence that served the request (-1: it never got one)
 
 
 @dataclasses.dataclass(frozen=True)
