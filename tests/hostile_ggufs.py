@@ -4,6 +4,10 @@ file is a clear error and never takes the server down."""
 from __future__ import annotations
 
 import struct
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader
 
 
 def damaged(data: bytes, kind: str) -> bytes:
@@ -20,6 +24,15 @@ def damaged(data: bytes, kind: str) -> bytes:
     raise AssertionError(kind)
 
 
+def infinite_layers(data: bytes) -> bytes:
+    """A llama GGUF whose ``llama.block_count`` is a float, and infinite: no count at all."""
+    data = bytearray(data)
+    at = data.index(b"llama.block_count") + len(b"llama.block_count")
+    assert struct.unpack_from("<I", data, at)[0] == 4  # GGUF_TYPE_UINT32 -> GGUF_TYPE_FLOAT32
+    struct.pack_into("<If", data, at, 6, float("inf"))
+    return bytes(data)
+
+
 def zero_layers(data: bytes) -> bytes:
     """A llama GGUF whose ``llama.block_count`` (a u32 after its key) says 0: a failed GGML_ASSERT
     in llama.cpp's loader, not an error it returns."""
@@ -27,4 +40,13 @@ def zero_layers(data: bytes) -> bytes:
     at = data.index(b"llama.block_count") + len(b"llama.block_count")
     assert struct.unpack_from("<I", data, at)[0] == 4  # GGUF_TYPE_UINT32
     struct.pack_into("<I", data, at + 4, 0)
+    return bytes(data)
+
+
+def nan_weights(path: Path, tensor: str = "output_norm.weight") -> bytes:
+    """A model whose ``tensor`` (an f32 one) is all NaN: it loads and runs, and every number it
+    computes after that tensor is NaN (as broken weights or a broken kernel make them)."""
+    t = next(t for t in GGUFReader(str(path)).tensors if t.name == tensor)
+    data = bytearray(path.read_bytes())
+    data[t.data_offset:t.data_offset + t.n_bytes] = np.full(t.n_bytes // 4, np.nan, dtype="<f4").tobytes()
     return bytes(data)

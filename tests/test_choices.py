@@ -132,3 +132,6 @@ def test_token_id_embedding_inputs_equal_their_text(server, vocab):
         r = httpx.post(server.url + "/v1/embeddings", json={"model": "default", "input": bad})
         assert r.status_code == 400 and r.json()["error"]["param"] == "input", (bad, r.text)
         assert words in r.json()["error"]["message"], r.text
+    # one input of 3000 tokens is one input too long for the context, not 3000 inputs (past 2048, refused as such)
+    long = httpx.post(server.url + "/v1/embeddings", json={"model": "default", "input": (tokens * 3000)[:3000]}).json()["error"]
+    assert long["code"] == "context_length_exceeded" and "inputs" not in long["message"], long

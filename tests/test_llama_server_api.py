@@ -4,8 +4,11 @@ and the same greedy text as llama-host's OpenAI completion of the same prompt.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -204,6 +207,7 @@ def test_props_describe_the_served_model(http, vocab):
     ("/completion", {"prompt": PROMPT, "temperature": "hot"}, "temperature"),
     ("/completion", {"prompt": [10 ** 9]}, "prompt"),
     ("/completion", {"prompt": PROMPT, "n_probs": 21}, "n_probs"),
+    ("/completion", {"prompt": PROMPT, "samplers": [], "temperature": "x"}, "temperature"),
     ("/completion", {"prompt": PROMPT, "id_slot": 3}, "id_slot"),
     ("/completion", {"prompt": PROMPT, "id_slot": -2}, "id_slot"),
     ("/completion", {"prompt": PROMPT, "id_slot": "0"}, "id_slot"),
@@ -722,11 +726,36 @@ def test_pooling_none_bounds_the_size_of_its_answer(per_token, vocab):
 
 
 @pytest.fixture(scope="module")
-def reranker(model_path):
-    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('rerank')}", "default", "auto"])
-    with httpx.Client(base_url=s.url, timeout=60) as client:
-        yield client
+def rerank_server(model_path):
+    s = Server([f"--nn-preload=default:GGML:CPU:{model_path('rerank')}", "--log-level", "info", "default", "auto"])
+    yield s
     assert s.stop() == 0, s.output
+
+
+@pytest.fixture(scope="module")
+def reranker(rerank_server):
+    with httpx.Client(base_url=rerank_server.url, timeout=60) as client:
+        yield client
+
+
+def test_reranks_whose_clients_left_stop_and_health_answers_meanwhile(rerank_server):
+    """Reranks ran in the thread pool that /health's handler needs, and to the end for nobody:
+    45 whose clients had gone kept /health from answering for half a minute."""
+    body = {"query": "q " * 100, "documents": ["a document " * 20] * 1000}  # (seconds of scoring each)
+
+    def leave(_):
+        with contextlib.suppress(httpx.TimeoutException):
+            httpx.post(rerank_server.url + "/rerank", json=body, timeout=1)
+
+    answered = rerank_server.log().count("POST /rerank 200")
+    with ThreadPoolExecutor(45) as pool:
+        list(pool.map(leave, range(45)))
+    assert httpx.get(rerank_server.url + "/health", timeout=20).status_code == 200
+    deadline = time.monotonic() + 60  # (each stops at its next document)
+    while rerank_server.log().count("POST /rerank 499") < 45 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert rerank_server.log().count("POST /rerank 499") == 45
+    assert rerank_server.log().count("POST /rerank 200") == answered
 
 
 def oracle_scores(path, query, documents):

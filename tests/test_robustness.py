@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from hostile_ggufs import damaged, zero_layers
+from hostile_ggufs import damaged, nan_weights, zero_layers
 from live import Server
 
 
@@ -53,6 +53,38 @@ def test_an_abort_loading_the_second_model_stops_the_cli_with_one_line(model_pat
     line = one_error_line(cli(f"--nn-preload=good:GGML:CPU:{model_path('tiny')}", f"--nn-preload=bad:GGML:CPU:{bad}",
                               "--ctx-size", "1024", "good", "chatml", timeout=60))
     assert "'bad'" in line and "llama.cpp aborted" in line and "GGML_ASSERT" in line
+
+
+@pytest.fixture(scope="module")
+def nan_server(model_path, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("nan")
+    (folder / "chat.gguf").write_bytes(nan_weights(model_path("tiny")))
+    (folder / "rank.gguf").write_bytes(nan_weights(model_path("rerank")))
+    s = Server([f"--nn-preload=default:GGML:CPU:{folder / 'chat.gguf'}", f"--nn-preload=rank:GGML:CPU:{folder / 'rank.gguf'}",
+                "--ctx-size", "256", "--parallel", "2", "default", "chatml"])
+    yield s
+    assert s.stop() == 0, s.output
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "logprobs": True}),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 4, "logprobs": 2}),
+    ("/v1/completions", {"prompt": ["hi", "ho"], "max_tokens": 4, "logprobs": 2}),
+    ("/completion", {"prompt": "hi", "n_predict": 4, "n_probs": 2}),
+    ("/v1/embeddings", {"input": "hi"}),
+    ("/embedding", {"content": "hi"}),
+    ("/rerank", {"model": "rank", "query": "q", "documents": ["a", "b"]}),
+])
+def test_a_model_that_computes_nan_is_a_clear_500_and_the_server_serves_on(nan_server, path, body):
+    # NaN has no JSON spelling: the guest could not read the host's numbers (500 "RuntimeError"),
+    # and /rerank's answer failed in Starlette (a plain-text 500)
+    r = httpx.post(nan_server.url + path, json={"model": "default", **body}, timeout=60)
+    assert r.status_code == 500, r.text
+    error = r.json()["error"]
+    assert error["code"] == "non_finite_output" and "NaN" in error["message"], error
+    # without numbers that must be real, the text (whatever it is) is still an answer
+    plain = httpx.post(nan_server.url + "/v1/completions", json={"model": "default", "prompt": "hi", "max_tokens": 2})
+    assert plain.status_code == 200 and nan_server.healthy()
 
 
 @pytest.mark.parametrize("args,words", [

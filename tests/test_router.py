@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from hostile_ggufs import zero_layers
+from hostile_ggufs import infinite_layers, zero_layers
 from live import Server
 from llama_host import modelgen
 from llama_host.api import Llama
@@ -37,6 +37,7 @@ def models_dir(tmp_path_factory, model_path):
     (folder / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(range(256)) * 4)
     (folder / "junk.gguf").write_text("not a model")
     (folder / "asserts.gguf").write_bytes(zero_layers(model_path("tiny").read_bytes()))  # llama.cpp aborts
+    (folder / "infinite.gguf").write_bytes(infinite_layers(model_path("tiny").read_bytes()))  # (int(inf): a raw 500)
     (folder / "notes.txt").write_text("skipped")
     # Names no model id can be: not UTF-8 (lone surrogates in Python, which broke every JSON
     # answer that lists the models), and a control character. Skipped, with a warning.
@@ -75,7 +76,7 @@ def loads(server, model: str) -> int:
 
 def test_every_gguf_file_is_listed_unloaded(server):
     listed = statuses(server)
-    assert sorted(listed) == ["alpha", "asserts", "beta", "broken", "gamma", "junk", "large", "multi"]
+    assert sorted(listed) == ["alpha", "asserts", "beta", "broken", "gamma", "infinite", "junk", "large", "multi"]
     assert all(s["value"] == "unloaded" for s in listed.values())
     assert httpx.get(server.url + "/v1/info").status_code == 200
     assert httpx.get(server.url + "/metrics").status_code == 200
@@ -134,13 +135,18 @@ def test_an_unknown_model_is_a_404_in_openai_shape(server):
     assert httpx.get(server.url + "/v1/models/nope").status_code == 404
 
 
-@pytest.mark.parametrize("model", ["broken", "junk"])
+@pytest.mark.parametrize("model", ["broken", "junk", "infinite"])
 def test_a_file_that_does_not_load_fails_clearly_and_the_others_serve(server, model):
     for _ in range(2):  # (the second request tries again, and fails the same way)
         r = complete(server, model)
         assert r.status_code == 500, r.text
         error = r.json()["error"]
         assert error["code"] == "model_load_failed" and f"{model}.gguf" in error["message"]
+        # the endpoints that load a model without the guest answer the same
+        for other in (httpx.get(server.url + "/props", params={"model": model}),
+                      httpx.post(server.url + "/tokenize", json={"model": model, "content": "a"}),
+                      httpx.post(server.url + "/models/load", json={"model": model})):
+            assert other.status_code == 500 and other.json()["error"]["code"] == "model_load_failed", other.text
     status = statuses(server)[model]
     assert status["value"] == "unloaded" and status["failed"] is True and f"{model}.gguf" in status["error"]
     assert complete(server, "alpha").status_code == 200

@@ -456,6 +456,15 @@ CLI_ERRORS = [
     (["--shutdown-grace", "-1"], "--shutdown-grace must be more than 0"),
     (["--pooling", "rank"], "--pooling must be mean, cls, last, none"),
     (["--cache-ram", "-2"], "--cache-ram must be at least -1"),
+    # (NaN and infinity reached every request's sampling and the guest's JSON config: 500s)
+    (["--temp", "nan"], "--temp must be a finite number"),
+    (["--top-p", "inf"], "--top-p must be a finite number"),
+    (["--repeat-penalty", "-inf"], "--repeat-penalty must be a finite number"),
+    (["--presence-penalty", "nan"], "--presence-penalty must be a finite number"),
+    (["--frequency-penalty", "1e999"], "--frequency-penalty must be a finite number"),
+    # (a wait past time_t ended the keep-alive thread; NaN meant "never")
+    (["--keep-alive", "inf"], "--keep-alive must be negative (no limit) or 0 to"),
+    (["--keep-alive", "nan"], "--keep-alive must be negative (no limit) or 0 to"),
 ]
 
 

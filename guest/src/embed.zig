@@ -97,8 +97,9 @@ fn readInputs(gpa: Allocator, request: fields.Object) fields.Invalid![]const ope
         },
         .array => |a| {
             if (a.items.len == 0) return request.problem.fail("input", "'input' must hold at least one string", .{});
-            if (a.items.len > max_inputs) return request.problem.fail("input", "'input' has {d} items; at most {d}", .{ a.items.len, max_inputs });
+            // (one input's token ids first: their count is the input's length, not a number of inputs)
             if (a.items[0] == .integer) return gpa.dupe(openai.Prompt, &.{.{ .tokens = try openai.tokenIds(gpa, request.problem, a.items, "input") }});
+            if (a.items.len > max_inputs) return request.problem.fail("input", "'input' has {d} inputs; at most {d}", .{ a.items.len, max_inputs });
             const list = try gpa.alloc(openai.Prompt, a.items.len);
             for (a.items, list, 0..) |item, *out, i| out.* = switch (item) {
                 .string => |text| if (text.len == 0)

@@ -188,7 +188,7 @@ const Choice = struct {
     prompt_chars: usize, // where the completion's text_offset starts
     text: std.ArrayList(u8), // not streamed: the text so far
     entries: std.ArrayList(Value), // not streamed: log-probabilities so far
-    token_ids: std.ArrayList(i64), // the generated token ids (return_token_ids) not yet in a chunk
+    token_ids: std.ArrayList(i64), // the generated ids (return_token_ids); streamed: those not yet sent
     prompt_entries: []const Value = &.{},
     usage: Usage = .{},
     started: bool = false,

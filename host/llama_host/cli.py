@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
@@ -60,6 +61,9 @@ def parse_socket_addr(value: str, port: int | None) -> tuple[str, int]:
 
 POOLING = {"mean": lib.C.LLAMA_POOLING_TYPE_MEAN, "cls": lib.C.LLAMA_POOLING_TYPE_CLS,
            "last": lib.C.LLAMA_POOLING_TYPE_LAST, "none": lib.C.LLAMA_POOLING_TYPE_NONE}  # (--pooling)
+
+
+MAX_KEEP_ALIVE = 365 * 86400  # (a timer's wait past time_t would end the keep-alive thread)
 
 
 def _tensor_split(value: str) -> tuple[float, ...]:
@@ -227,6 +231,13 @@ def serve(
             raise UsageError(f"{name} must be more than 0 and at most 86400 seconds, not {seconds}")
     if not 0 <= stall_timeout <= 86400:
         raise UsageError(f"--stall-timeout must be 0 (off) to 86400 seconds, not {stall_timeout}")
+    # (NaN and infinity would reach every request's sampling and the guest's JSON config)
+    for name, value in (("--temp", temp), ("--top-p", top_p), ("--repeat-penalty", repeat_penalty),
+                        ("--presence-penalty", presence_penalty), ("--frequency-penalty", frequency_penalty)):
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{name} must be a finite number, not {value}")
+    if not (keep_alive < 0 or keep_alive <= MAX_KEEP_ALIVE):  # (NaN fails both)
+        raise UsageError(f"--keep-alive must be negative (no limit) or 0 to {MAX_KEEP_ALIVE} seconds, not {keep_alive}")
     positive("--n-predict", n_predict, -1)
     if reasoning_format not in ("deepseek", "none"):
         raise UsageError(f"--reasoning-format must be deepseek or none, not {reasoning_format!r}")

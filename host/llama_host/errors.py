@@ -31,6 +31,7 @@ class ErrorKind(enum.Enum):
     UNAVAILABLE = ("server_error", 503, "unavailable")
     ENGINE_BROKEN = ("server_error", 503, "engine_failed")  # llama.cpp aborted in it (a lost RPC worker)
     ENGINE_STALLED = ("server_error", 503, "engine_stalled")  # a step past --stall-timeout (a silent RPC worker)
+    NON_FINITE_OUTPUT = ("server_error", 500, "non_finite_output")  # NaN from the model: broken weights or kernels
     INTERNAL = ("server_error", 500, None)
 
     @property
@@ -138,6 +139,17 @@ class SlotStateError(HostError):
 
 class EngineFailure(HostError):
     kind = ErrorKind.INTERNAL
+
+
+class NonFiniteOutput(HostError):
+    """The model computed NaN (or infinite) numbers where an answer needs real ones (embeddings,
+    scores, log-probabilities): its weights or a kernel are broken; no number would be true."""
+
+    kind = ErrorKind.NON_FINITE_OUTPUT
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the model computed {what} that are not finite numbers (NaN or infinite): its weights, or "
+                         "the kernels computing them, are broken")
 
 
 class EngineBroken(HostError):

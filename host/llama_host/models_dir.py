@@ -87,21 +87,29 @@ def estimate_bytes(path: Path, n_cells: int) -> int:
     meta = read_metadata(path)
     try:
         arch = meta["general.architecture"]
-        n_layer, n_embd = int(meta[f"{arch}.block_count"]), int(meta[f"{arch}.embedding_length"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path.name} has no model header ({e})") from None
-    n_head = _most(meta.get(f"{arch}.attention.head_count")) or 1
-    n_head_kv = _most(meta.get(f"{arch}.attention.head_count_kv")) or n_head
-    head_k = _most(meta.get(f"{arch}.attention.key_length")) or n_embd // n_head
-    head_v = _most(meta.get(f"{arch}.attention.value_length")) or head_k
+        n_layer, n_embd = _count(meta[f"{arch}.block_count"]), _count(meta[f"{arch}.embedding_length"])
+        n_head = _most(meta.get(f"{arch}.attention.head_count")) or 1
+        n_head_kv = _most(meta.get(f"{arch}.attention.head_count_kv")) or n_head
+        head_k = _most(meta.get(f"{arch}.attention.key_length")) or n_embd // n_head
+        head_v = _most(meta.get(f"{arch}.attention.value_length")) or head_k
+    except (KeyError, TypeError, ValueError, OverflowError) as e:  # (a float header value may be NaN or infinite)
+        raise ValueError(f"{path.name} has no usable model header ({type(e).__name__}: {e})") from None
     return file_bytes(path) + n_layer * n_head_kv * (head_k + head_v) * 2 * n_cells
+
+
+def _count(value: object) -> int:
+    """A hyperparameter that counts something: a whole number from 0."""
+    n = int(value)  # type: ignore[call-overload]
+    if n < 0:
+        raise ValueError(f"{value} is negative")
+    return n
 
 
 def _most(value: object) -> int:
     """A hyperparameter given per layer (an array) or for all: its largest value (0 if absent)."""
     if isinstance(value, list):
-        return int(max(value, default=0))
-    return int(value) if isinstance(value, (int, float)) else 0
+        return _count(max(value, default=0))
+    return _count(value) if isinstance(value, (int, float)) else 0
 
 
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}  # GGUF value types

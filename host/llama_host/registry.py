@@ -401,8 +401,10 @@ class ModelRegistry(Resource):
         except EngineClosed:
             raise
         except Exception as e:
-            attempt.error = ModelLoadFailed(f"cannot load the model '{entry.name}': internal error ({e})")
-            raise
+            log.exception("loading %s failed", entry.name)
+            error = ModelLoadFailed(f"cannot load the model '{entry.name}': internal error ({type(e).__name__}: {e})")
+            entry.failure, attempt.error = str(error), error
+            raise error from e
         finally:
             if entry.served is None:
                 entry.resident, entry.memory = False, 0

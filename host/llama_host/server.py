@@ -185,8 +185,8 @@ async def _run_compat(request: Request, api: compat.Endpoint, body: bytes) -> Re
         try:
             translated = api.request(orjson.loads(body))
             if api.prepare is not None and (route := _route_for(state, translated.get("model"))) is not None:
-                lease = await anyio.to_thread.run_sync(state.registry.acquire, route.preload)
-                translated = await anyio.to_thread.run_sync(api.prepare, lease.served, translated)
+                lease = await anyio.to_thread.run_sync(state.registry.acquire, route.preload, limiter=state.limiter)
+                translated = await anyio.to_thread.run_sync(api.prepare, lease.served, translated, limiter=state.limiter)
         except orjson.JSONDecodeError as e:
             return _compat_error(api, ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
         except compat.CompatError as e:
@@ -378,14 +378,22 @@ async def _first_or_disconnect(queue: asyncio.Queue, request: Request) -> object
     """The first item the guest run puts in ``queue``, or None if the client disconnects first
     (a non-streamed request would otherwise generate to the end for nobody)."""
     first = asyncio.ensure_future(queue.get())
-    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        await asyncio.wait((first, gone), return_when=asyncio.FIRST_COMPLETED)
+        done = await _done_before_disconnect(first, request)
     finally:
-        gone.cancel()
         if not first.done():
             first.cancel()
-    return first.result() if first.done() and not first.cancelled() else None
+    return first.result() if done and not first.cancelled() else None
+
+
+async def _done_before_disconnect(future: asyncio.Future, request: Request) -> bool:
+    """Waits for ``future`` or for the client to go, whichever is first; True: ``future`` is done."""
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((future, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    return future.done()
 
 
 async def _disconnected(request: Request) -> None:
@@ -523,8 +531,8 @@ def _with_model(state: State, preload: str, work: Callable, *args: Any) -> Any:
 
 
 def model_tool(work: Callable) -> Callable:
-    """llama-server's /tokenize, /detokenize and /rerank: ``work(served, body)`` (a ServedModel)
-    on the model the body names, in a worker thread."""
+    """llama-server's /tokenize, /detokenize and /rerank: ``work(served, body, cancel)`` (a
+    ServedModel; a Cancellation set when the client goes) on the model the body names."""
 
     async def endpoint(request: Request) -> Response:
         body = await _request_body(request)
@@ -534,14 +542,24 @@ def model_tool(work: Callable) -> Callable:
 
 
 async def run_model_tool(request: Request, work: Callable, body: bytes) -> Response:
-    """``work(served, parsed body)`` answered as JSON, its errors as OpenAI's."""
+    """``work(served, parsed body, cancel)`` answered as JSON, its errors as OpenAI's. It runs
+    among the guest runs (their limiter: never in the pool that /health's thread comes from),
+    and a client that goes cancels it."""
     state: State = request.app.state.llama
+    cancel = Cancellation()
     try:
         parsed = orjson.loads(body)
         route = _route_for(state, parsed.get("model") if isinstance(parsed, dict) else None)
         if route is None:
             return error_response(ErrorKind.MODEL_NOT_FOUND, f"the model '{echo(str(parsed['model']))}' does not exist", "model")
-        answer = await anyio.to_thread.run_sync(_with_model, state, route.preload, work, parsed)
+        job = asyncio.ensure_future(anyio.to_thread.run_sync(_with_model, state, route.preload, work, parsed, cancel,
+                                                             limiter=state.limiter))
+        if not await _done_before_disconnect(job, request):
+            cancel.set()
+            with contextlib.suppress(Exception):  # (it stops at its next check; what it says, nobody reads)
+                await job
+            return Response(status_code=499)
+        answer = job.result()
     except orjson.JSONDecodeError as e:
         return error_response(ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
     except compat.CompatError as e:
@@ -550,7 +568,7 @@ async def run_model_tool(request: Request, work: Callable, body: bytes) -> Respo
         return error_response(e.kind, str(e), e.param)
     except ValueError as e:  # (a text too long to tokenize)
         return error_response(ErrorKind.INVALID_REQUEST, str(e), "content")
-    return JSONResponse(answer)
+    return Response(orjson.dumps(answer), media_type="application/json")
 
 
 TOKEN_EMBEDDINGS = model_tool(llama_server.token_embeddings)  # (no guest: its answers are pooled vectors)
@@ -560,14 +578,15 @@ def model_view(view: Callable) -> Callable:
     """llama-server's GET /props and /slots: ``view(served, route, defaults)`` for the model
     ``?model=`` names (absent: the first); ``defaults``: the CLI's sampling defaults."""
 
-    def endpoint(request: Request) -> Response:
+    async def endpoint(request: Request) -> Response:
         state: State = request.app.state.llama
         model_id = request.query_params.get("model")
         route = _route_for(state, model_id)
         if route is None:
             return error_response(ErrorKind.MODEL_NOT_FOUND, f"the model '{echo(model_id)}' does not exist", "model")
-        try:
-            answer = _with_model(state, route.preload, view, route, state.settings.info.get("defaults", {}))
+        try:  # (among the guest runs: an on-demand model is loaded first)
+            answer = await anyio.to_thread.run_sync(_with_model, state, route.preload, view, route,
+                                                    state.settings.info.get("defaults", {}), limiter=state.limiter)
         except HostError as e:  # (an on-demand model that could not be loaded)
             return host_error_response(e)
         if view is llama_server.slots and request.query_params.get("fail_on_no_slot") in ("1", "true") \
@@ -664,6 +683,11 @@ async def not_found(request: Request, exc: Exception) -> Response:
 
 async def method_not_allowed(request: Request, exc: Exception) -> Response:
     return error_response(ErrorKind.METHOD_NOT_ALLOWED, f"{echo(request.method)} is not allowed on {echo(request.url.path)}")
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    """A bug's answer: an OpenAI error object, not Starlette's plain text (the traceback is logged)."""
+    return error_response(ErrorKind.INTERNAL, f"internal error: {type(exc).__name__}")
 
 
 def echo(text: str, limit: int = 100) -> str:
@@ -788,6 +812,6 @@ def create_app(state: State) -> Starlette:
             await anyio.to_thread.run_sync(state.close)  # cancels what still runs, frees the models
 
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={404: not_found, 405: method_not_allowed})
+                    exception_handlers={404: not_found, 405: method_not_allowed, Exception: internal_error})
     app.state.llama = state
     return app

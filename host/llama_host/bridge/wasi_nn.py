@@ -40,7 +40,8 @@ from llama_host.engine import Cancellation, EngineConfig, FinishReason, Generati
 from llama_host.engine.logprobs import MAX_TOP, TokenLogprob
 from llama_host.engine.sampling import grammar_from_json_schema, grammar_from_schemas
 from llama_host.errors import (
-    EngineBroken, EngineClosed, HostError, InsufficientMemory, InvalidGrammar, ModelBusy, ModelNotFound, PromptTooLong, QueueFull,
+    EngineBroken, EngineClosed, HostError, InsufficientMemory, InvalidGrammar, ModelBusy, ModelNotFound, NonFiniteOutput,
+    PromptTooLong, QueueFull,
 )
 from llama_host.registry import Lease, ModelRegistry, ServedModel
 from llama_host.vendor import LLAMA_CPP_PYTHON_VERSION
@@ -235,18 +236,22 @@ class NnSession:
         ctx.logprobs, ctx.tokens = [], []
         handle = self._submit(ctx)
         echo = self.stream_stdout if ctx.metadata.get("stream-stdout") else None
-        if echo is not None or handle.request.logprobs is not None or ctx.metadata.get("return-tokens"):
-            for out in handle:
-                piece = out.text.encode()
-                ctx.output += piece
-                ctx.logprobs += self._logprob_entries(ctx, out.logprobs)
-                if out.token >= 0:
-                    ctx.tokens.append(out.token)
-                if piece and echo is not None:
-                    echo(piece)
-        else:
-            ctx.output += handle.text().encode()  # woken once, at the end
-        ctx.prompt_logprobs = self._prompt_entries(ctx, handle)
+        try:
+            if echo is not None or handle.request.logprobs is not None or ctx.metadata.get("return-tokens"):
+                for out in handle:
+                    piece = out.text.encode()
+                    ctx.output += piece
+                    ctx.logprobs += self._logprob_entries(ctx, out.logprobs)
+                    if out.token >= 0:
+                        ctx.tokens.append(out.token)
+                    if piece and echo is not None:
+                        echo(piece)
+            else:
+                ctx.output += handle.text().encode()  # woken once, at the end
+            ctx.prompt_logprobs = self._prompt_entries(ctx, handle)
+        except NnError:
+            handle.cancel()  # (nobody will read the rest)
+            raise
         return self._finished(ctx, handle.result, single=False)
 
     def compute_single(self, mem: GuestMemory, ctx_id: int) -> Errno:
@@ -390,14 +395,19 @@ class NnSession:
                 [(vector, n_tokens)] = embedder.embed([prompt.decode("utf-8", "replace")])
         except PromptTooLong as e:
             raise NnError(Errno.PROMPT_TOO_LONG, str(e)) from e
+        except NonFiniteOutput as e:
+            self.failure = e
+            raise NnError(Errno.RUNTIME_ERROR, str(e)) from e
         ctx.input_tokens = n_tokens
         ctx.output[:] = json.dumps({"n_embedding": len(vector), "embedding": vector.tolist()}).encode()
         return Errno.SUCCESS
 
-    @staticmethod
-    def _logprob_entries(ctx: ExecContext, logprobs: tuple[TokenLogprob, ...]) -> list[dict]:
+    def _logprob_entries(self, ctx: ExecContext, logprobs: tuple[TokenLogprob, ...]) -> list[dict]:
         """Log-probabilities as OpenAI's chat answers carry them (``ChatCompletionTokenLogprob``)."""
         model = ctx.graph.served.model
+        if any(lp.logprob != lp.logprob for lp in logprobs):  # (NaN logits: every log-probability is NaN)
+            self.failure = NonFiniteOutput("log-probabilities")
+            raise NnError(Errno.RUNTIME_ERROR, str(self.failure))
         return [{**_token_entry(model, lp.token, lp.logprob), "top_logprobs": [_token_entry(model, *t) for t in lp.top]}
                 for lp in logprobs]
 

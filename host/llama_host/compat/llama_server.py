@@ -22,6 +22,7 @@ import orjson
 
 from llama_host.compat import CompatError, Endpoint, cached_tokens, field, input_tokens, object_body, streaming
 from llama_host import __version__
+from llama_host.engine import Cancellation
 from llama_host.engine.sampling import SamplingParams
 from llama_host.errors import ErrorKind
 
@@ -111,6 +112,8 @@ def _unlisted_samplers_off(samplers: Any, request: dict) -> dict:
     out: dict = {}
     for name, (_, off) in SAMPLER_OFF.items():
         if name not in listed:
+            for key in off:  # (a sampler turned off still has its value checked)
+                field(request, key, (int, float))
             out.update(off)
     temperature = request.get("temperature")
     if "temperature" not in listed and isinstance(temperature, (int, float)) and temperature <= 0:
@@ -270,7 +273,7 @@ def _data(value: dict) -> bytes:
 # --- tokens, without the guest ----------------------------------------------------------------
 
 
-def tokenize(served, body: Any) -> dict:
+def tokenize(served, body: Any, _cancel: Cancellation) -> dict:
     """``{"content", "add_special": false, "parse_special": true, "with_pieces": false}`` -> ``{"tokens": [...]}``; with
     pieces each token is ``{"id", "piece"}``, the piece a string or (not UTF-8 alone) its bytes."""
     body = object_body(body)
@@ -291,7 +294,7 @@ def tokenize(served, body: Any) -> dict:
     return {"tokens": out}
 
 
-def detokenize(served, body: Any) -> dict:
+def detokenize(served, body: Any, _cancel: Cancellation) -> dict:
     model = served.model
     tokens = field(object_body(body), "tokens", list, [])
     if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < model.n_vocab for t in tokens):
@@ -443,7 +446,7 @@ def embedding_response(request: dict, answer: dict, _seconds: float) -> list[dic
 MAX_TOKEN_EMBEDDING_NUMBERS = 1 << 24  # per request: a 4096-token input of a 4096-wide model (~300 MB of JSON)
 
 
-def token_embeddings(served, body: Any) -> list[dict]:
+def token_embeddings(served, body: Any, cancel: Cancellation) -> list[dict]:
     """``/embedding`` with ``--pooling none``: per input, each token's hidden state, unnormalised
     (as llama-server gives them; ``embd_normalize`` applies to pooled vectors only)."""
     inputs = [tokenize_prompt(served.model, p) for p in prompts(embedding_request(body)["input"])]
@@ -451,7 +454,12 @@ def token_embeddings(served, body: Any) -> list[dict]:
     if numbers > MAX_TOKEN_EMBEDDING_NUMBERS:
         raise CompatError("content", f"the answer would hold {numbers} numbers (tokens × {served.model.info.n_embd} "
                           f"dimensions); at most {MAX_TOKEN_EMBEDDING_NUMBERS} per request")
-    return [{"index": i, "embedding": served.embedder().token_vectors(ids).tolist()} for i, ids in enumerate(inputs)]
+    out = []
+    for i, ids in enumerate(inputs):
+        if cancel.is_set:  # (the client has gone: nobody reads the rest)
+            break
+        out.append({"index": i, "embedding": served.embedder().token_vectors(ids).tolist()})
+    return out
 
 
 # --- /rerank -----------------------------------------------------------------------------------
@@ -475,7 +483,7 @@ def rerank_tokens(model, query: str, document: str) -> list[int]:
     return tokens + ([info.eos_id] if info.eos_id is not None else [])
 
 
-def rerank(served, body: Any, *, forced: bool = False) -> dict:
+def rerank(served, body: Any, cancel: Cancellation, *, forced: bool = False) -> dict:
     """``{"query", "documents": [text | {"text"}], "top_n", "return_text"}`` -> the documents by
     relevance, highest first (llama-server's and Jina's shape). Needs a reranker: a GGUF that
     declares rank pooling, or any model with ``--reranking``."""
@@ -500,13 +508,15 @@ def rerank(served, body: Any, *, forced: bool = False) -> dict:
     ranker = served.ranker()
     scores, n_tokens = [], 0
     for i, text in enumerate(texts):
+        if cancel.is_set:  # (the client has gone: nobody reads the scores)
+            break
         tokens = rerank_tokens(served.model, query, text)
         if len(tokens) > ranker.n_ctx:
             raise CompatError(f"documents[{i}]", f"the query and 'documents[{i}]' are {len(tokens)} tokens, more than "
                               f"the {ranker.n_ctx} of the context", ErrorKind.CONTEXT_LENGTH)
         scores.append(float(ranker.pooled(tokens)[0]))
         n_tokens += len(tokens)
-    order = sorted(range(len(texts)), key=lambda i: -scores[i])[:top_n]
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])[:top_n]
     return {"model": body.get("model") or served.name, "object": "list",
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
             "results": [{"index": i, "relevance_score": scores[i], **({"document": {"text": texts[i]}} if return_text else {})}

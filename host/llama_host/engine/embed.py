@@ -12,7 +12,7 @@ import numpy as np
 from llama_host.engine import lib
 from llama_host.engine.context import Batch, Context
 from llama_host.engine.model import Model
-from llama_host.errors import PromptTooLong
+from llama_host.errors import NonFiniteOutput, PromptTooLong
 from llama_host.resource import Resource
 
 C = lib.C
@@ -58,7 +58,7 @@ class Embedder(Resource):
             ptr = C.llama_get_embeddings_seq(self.ctx.ptr, 0)
             if not ptr:
                 raise RuntimeError("llama.cpp returned no pooled embedding")
-            return np.ctypeslib.as_array(ptr, shape=(self.n_out,)).astype(np.float32)
+            return _finite(np.ctypeslib.as_array(ptr, shape=(self.n_out,)).astype(np.float32))
 
     def token_vectors(self, tokens: list[int]) -> np.ndarray:
         """With pooling none: each token's hidden state (a row per token), unnormalised."""
@@ -68,7 +68,7 @@ class Embedder(Resource):
             ptr = C.llama_get_embeddings(self.ctx.ptr)  # every output row, in batch order
             if not ptr:
                 raise RuntimeError("llama.cpp returned no token embeddings")
-            return np.ctypeslib.as_array(ptr, shape=(len(tokens), self.n_out)).astype(np.float32)
+            return _finite(np.ctypeslib.as_array(ptr, shape=(len(tokens), self.n_out)).astype(np.float32))
 
     @contextlib.contextmanager
     def _decoded(self, tokens: list[int]) -> Iterator[None]:
@@ -101,3 +101,10 @@ class Embedder(Resource):
     def close(self) -> None:
         self._batch.close()
         self.ctx.close()
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    """``values``, if they are all numbers JSON can carry (NaN and infinity have no spelling)."""
+    if not np.isfinite(values).all():
+        raise NonFiniteOutput("embeddings or scores")
+    return values
