@@ -115,6 +115,14 @@ def test_return_tokens_gives_the_generated_ids(server, http, vocab):
     assert all(len(e["tokens"]) >= 1 for e in events[:-1])
 
 
+def test_response_fields_pick_and_unnest(http):
+    whole = http.post("/completion", json={"prompt": PROMPT, "n_predict": 3, "temperature": 0}).json()
+    fields = ["content", "generation_settings/n_predict", "timings/predicted_n", "nope", "content/deeper"]
+    picked = http.post("/completion", json={"prompt": PROMPT, "n_predict": 3, "temperature": 0,
+                                            "response_fields": fields}).json()
+    assert picked == {"content": whole["content"], "generation_settings/n_predict": 3, "timings/predicted_n": 3}
+
+
 def test_id_slot_runs_the_request_on_that_slot(http):
     prompt = "A prompt for the second slot only"
     for slot in (2, 1):
@@ -208,6 +216,8 @@ def test_props_describe_the_served_model(http, vocab):
     ("/completion", {"prompt": [10 ** 9]}, "prompt"),
     ("/completion", {"prompt": PROMPT, "n_probs": 21}, "n_probs"),
     ("/completion", {"prompt": PROMPT, "samplers": [], "temperature": "x"}, "temperature"),
+    ("/completion", {"prompt": PROMPT, "response_fields": ["content", 1]}, "response_fields"),
+    ("/completion", {"prompt": PROMPT, "response_fields": "content"}, "response_fields"),
     ("/completion", {"prompt": PROMPT, "id_slot": 3}, "id_slot"),
     ("/completion", {"prompt": PROMPT, "id_slot": -2}, "id_slot"),
     ("/completion", {"prompt": PROMPT, "id_slot": "0"}, "id_slot"),

@@ -30,7 +30,7 @@ from llama_host.errors import ErrorKind
 SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
             "frequency_penalty", "seed", "stop", "ignore_eos", "logit_bias", "grammar", "json_schema", "model")
 # Keys only llama-server's /completion has: a body with one of them at /completions is llama-server's.
-NATIVE = ("n_predict", "n_probs", "cache_prompt", "id_slot", "samplers", "return_tokens", "timings_per_token",
+NATIVE = ("n_predict", "n_probs", "cache_prompt", "id_slot", "samplers", "return_tokens", "response_fields", "timings_per_token",
           "n_keep", "n_indent", "t_max_predict_ms", "dry_multiplier", "xtc_probability", "typical_p", "mirostat")
 
 
@@ -84,6 +84,26 @@ def completion_request(body: Any) -> dict:
     # (the generated ids: asked for, or streamed, as llama-server gives them; the answer names its slot)
     out["return_token_ids"] = field(body, "return_tokens", bool, False) or out.get("stream", False)
     out["id_slot"] = field(body, "id_slot", int, -1)
+    fields = field(body, "response_fields", list, [])
+    if not all(isinstance(f, str) for f in fields):
+        raise CompatError("response_fields", "'response_fields' must be a list of field names (a/b for a nested one)")
+    if fields:
+        out["_response_fields"] = fields
+    return out
+
+
+def _picked(result: dict, paths: list[str]) -> dict:
+    """llama-server's ``response_fields``: only these fields, a nested one (``a/b``) moved to the
+    top under its path; a path that leads nowhere is left out."""
+    out = {}
+    for path in paths:
+        value: Any = result
+        for key in path.split("/"):
+            if not (isinstance(value, dict) and key in value):
+                break
+            value = value[key]
+        else:
+            out[path] = value
     return out
 
 
@@ -211,7 +231,8 @@ def _final(request: dict, index: int, model: str, content: str, finish: str | No
         "stop_type": "limit" if finish == "length" else "word" if stop_word else "eos", "stopping_word": stop_word or "",
         **({"completion_probabilities": _probabilities(logprobs)} if "logprobs" in request else {}),
     }
-    return {**out, "timings": timings} if timings else out
+    out = {**out, "timings": timings} if timings else out
+    return _picked(out, request["_response_fields"]) if "_response_fields" in request else out
 
 
 def completion_response(request: dict, answer: dict, _seconds: float) -> dict | list[dict]:
