@@ -115,6 +115,19 @@ def test_return_tokens_gives_the_generated_ids(server, http, vocab):
     assert all(len(e["tokens"]) >= 1 for e in events[:-1])
 
 
+def test_typical_p_narrows_sampling_and_samplers_can_leave_it_out(http):
+    def text(**kw):
+        r = http.post("/completion", json={"prompt": PROMPT, "n_predict": 12, "seed": 9, "temperature": 1.5, **kw})
+        assert r.status_code == 200, r.text
+        return r.json()["content"]
+
+    free = text(top_k=0, min_p=0, top_p=1)
+    assert text(top_k=0, min_p=0, top_p=1, typical_p=1.0) == free  # (1: off)
+    assert text(top_k=0, min_p=0, top_p=1, typical_p=0.01) != free
+    assert text(typical_p=0.01, samplers=["temperature"]) == text(samplers="t")  # (typ_p left out: off)
+    assert text(typical_p=0.01, samplers="yt") == text(top_k=0, min_p=0, top_p=1, typical_p=0.01)
+
+
 def test_response_fields_pick_and_unnest(http):
     whole = http.post("/completion", json={"prompt": PROMPT, "n_predict": 3, "temperature": 0}).json()
     fields = ["content", "generation_settings/n_predict", "timings/predicted_n", "nope", "content/deeper"]
@@ -216,6 +229,7 @@ def test_props_describe_the_served_model(http, vocab):
     ("/completion", {"prompt": [10 ** 9]}, "prompt"),
     ("/completion", {"prompt": PROMPT, "n_probs": 21}, "n_probs"),
     ("/completion", {"prompt": PROMPT, "samplers": [], "temperature": "x"}, "temperature"),
+    ("/completion", {"prompt": PROMPT, "typical_p": 2}, "typical_p"),
     ("/completion", {"prompt": PROMPT, "response_fields": ["content", 1]}, "response_fields"),
     ("/completion", {"prompt": PROMPT, "response_fields": "content"}, "response_fields"),
     ("/completion", {"prompt": PROMPT, "id_slot": 3}, "id_slot"),

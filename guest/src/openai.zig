@@ -337,6 +337,7 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
     if (try request.number("temperature", 0, 2)) |x| try md.put("temp", .{ .float = x });
     if (try request.number("top_p", 0, 1)) |x| try md.put("top-p", .{ .float = x });
     if (try request.number("min_p", 0, 1)) |x| try md.put("min-p", .{ .float = x });
+    if (try request.number("typical_p", 0, 1)) |x| try md.put("typical-p", .{ .float = x });
     if (try request.integer("top_k", 0, std.math.maxInt(i32))) |n| try md.put("top-k", .{ .integer = n });
     if (try request.number("presence_penalty", -2, 2)) |x| try md.put("presence-penalty", .{ .float = x });
     if (try request.number("frequency_penalty", -2, 2)) |x| try md.put("frequency-penalty", .{ .float = x });

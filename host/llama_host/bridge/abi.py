@@ -65,6 +65,7 @@ METADATA_KEYS: dict[str, str] = {
     "top-p": _FLOAT,
     "top-k": _INT,
     "min-p": _FLOAT,
+    "typical-p": _FLOAT,
     "repeat-penalty": _FLOAT,
     "repeat-last-n": _INT,
     "presence-penalty": _FLOAT,

@@ -346,6 +346,7 @@ class NnSession:
                 top_k=md.get("top-k", _DEFAULTS.top_k),
                 top_p=md.get("top-p", _DEFAULTS.top_p),
                 min_p=md.get("min-p", _DEFAULTS.min_p),
+                typical_p=md.get("typical-p", _DEFAULTS.typical_p),
                 repeat_penalty=md.get("repeat-penalty", _DEFAULTS.repeat_penalty),
                 presence_penalty=md.get("presence-penalty", _DEFAULTS.presence_penalty),
                 frequency_penalty=md.get("frequency-penalty", _DEFAULTS.frequency_penalty),

@@ -27,7 +27,7 @@ from llama_host.engine.sampling import SamplingParams
 from llama_host.errors import ErrorKind
 
 # Keys /completion passes on as they are: the guest reads llama-server's names.
-SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
+SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
             "frequency_penalty", "seed", "stop", "ignore_eos", "logit_bias", "grammar", "json_schema", "model")
 # Keys only llama-server's /completion has: a body with one of them at /completions is llama-server's.
 NATIVE = ("n_predict", "n_probs", "cache_prompt", "id_slot", "samplers", "return_tokens", "response_fields", "timings_per_token",
@@ -112,10 +112,12 @@ MAX_N_PROBS = 20  # the guest's bound on alternatives per token (OpenAI's top_lo
 # llama-server's sampler names (and their one-letter forms) -> the settings that turn each off
 SAMPLER_OFF = {
     "top_k": ("k", {"top_k": 0}), "top_p": ("p", {"top_p": 1.0}), "min_p": ("m", {"min_p": 0.0}),
+    "typ_p": ("y", {"typical_p": 1.0}),
     "penalties": ("e", {"repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}),
     "temperature": ("t", {"temperature": 1.0}),
 }
 SAMPLER_ALIASES = {"top-k": "top_k", "topk": "top_k", "top-p": "top_p", "topp": "top_p", "nucleus": "top_p",
+                   "typical_p": "typ_p", "typical-p": "typ_p", "typical": "typ_p", "typ-p": "typ_p", "typ": "typ_p",
                    "min-p": "min_p", "minp": "min_p", "temp": "temperature"}
 
 
