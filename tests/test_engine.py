@@ -282,6 +282,23 @@ def test_logit_bias_bans_and_forces(spm_engine):
     assert tokens == [1234, 1234, 1234]
 
 
+def test_penalties_and_dry_count_the_prompts_tokens_as_llama_servers_do(model_path):
+    """llama-server feeds the prompt to its sampler before the first draw, so a repeat penalty
+    (or DRY) already holds against the prompt's tokens; llama-host's only saw drawn ones."""
+    with Model(model_path("tiny")) as model, Engine(model, EngineConfig(ctx_size=256, parallel=1)) as eng:
+        prompt = model.tokenize(PROMPTS[0])
+        drawn = [o.token for o in eng.submit(GenerationRequest(prompt, max_tokens=40, ignore_eos=True)) if o.token >= 0]
+        # a point where greedy draws a token the text before it holds (the random model loops)
+        k = next(k for k in range(1, len(drawn)) if drawn[k] in drawn[max(0, k - 32):k])
+        context = prompt + drawn[:k]
+        for params in (SamplingParams(temperature=0.0, repeat_penalty=100.0),
+                       SamplingParams(temperature=0.0, dry_multiplier=100.0, dry_allowed_length=0, dry_sequence_breakers=())):
+            first = [o.token for o in eng.submit(GenerationRequest(context, params, max_tokens=1, ignore_eos=True))]
+            assert first[0] != drawn[k], params
+        plain = [o.token for o in eng.submit(GenerationRequest(context, max_tokens=1, ignore_eos=True))]
+        assert plain == [drawn[k]]
+
+
 def test_presence_penalty_prevents_repeats(spm_engine):
     prompt = spm_engine.model.tokenize("la la la la")
     params = SamplingParams(temperature=0.0, presence_penalty=1000.0, penalty_last_n=64)

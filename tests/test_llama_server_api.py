@@ -128,6 +128,31 @@ def test_typical_p_narrows_sampling_and_samplers_can_leave_it_out(http):
     assert text(typical_p=0.01, samplers="yt") == text(top_k=0, min_p=0, top_p=1, typical_p=0.01)
 
 
+@pytest.mark.parametrize("settings, letter", [
+    ({"mirostat": 2, "mirostat_tau": 1.0}, None),
+    ({"mirostat": 1, "mirostat_tau": 1.0, "mirostat_eta": 0.5}, None),
+    ({"xtc_probability": 1.0, "xtc_threshold": 0.001}, "x"),
+    ({"top_n_sigma": 0.5}, "s"),
+    # (greedy: the random model loops, and DRY, like the penalties, acts before the draw)
+    ({"temperature": 0, "dry_multiplier": 5.0, "dry_allowed_length": 1, "dry_base": 3.0, "dry_sequence_breakers": []}, "d"),
+])
+def test_llama_servers_other_samplers_change_the_draw_and_samplers_can_leave_them_out(http, settings, letter):
+    """Mirostat, XTC, top-n-sigma and DRY: each draws other tokens than the same request without
+    it (same seed), the same ones again (reproducible), and none of that once ``samplers`` leaves
+    it out."""
+    def text(**kw):
+        r = http.post("/completion", json={"prompt": PROMPT, "n_predict": 32, "seed": 11, "temperature": 3.0 / 2,
+                                           "top_k": 0, "min_p": 0, "top_p": 1, "ignore_eos": True, **kw})
+        assert r.status_code == 200, r.text
+        return r.json()["content"]
+
+    base = {k: v for k, v in settings.items() if k == "temperature"}
+    assert text(**settings) != text(**base) and text(**settings) == text(**settings)
+    if letter is not None:
+        assert text(**settings, samplers="et") == text(**base, samplers="et")
+        assert text(**settings, samplers="e" + letter + "t") == text(**settings)
+
+
 def test_response_fields_pick_and_unnest(http):
     whole = http.post("/completion", json={"prompt": PROMPT, "n_predict": 3, "temperature": 0}).json()
     fields = ["content", "generation_settings/n_predict", "timings/predicted_n", "nope", "content/deeper"]
@@ -230,6 +255,13 @@ def test_props_describe_the_served_model(http, vocab):
     ("/completion", {"prompt": PROMPT, "n_probs": 21}, "n_probs"),
     ("/completion", {"prompt": PROMPT, "samplers": [], "temperature": "x"}, "temperature"),
     ("/completion", {"prompt": PROMPT, "typical_p": 2}, "typical_p"),
+    ("/completion", {"prompt": PROMPT, "mirostat": 3}, "mirostat"),
+    ("/completion", {"prompt": PROMPT, "xtc_probability": 1.5}, "xtc_probability"),
+    ("/completion", {"prompt": PROMPT, "dry_multiplier": -1}, "dry_multiplier"),
+    ("/completion", {"prompt": PROMPT, "dry_penalty_last_n": -2}, "dry_penalty_last_n"),
+    ("/completion", {"prompt": PROMPT, "dry_sequence_breakers": ["\n"] * 33}, "dry_sequence_breakers"),
+    ("/completion", {"prompt": PROMPT, "dry_sequence_breakers": [1]}, "dry_sequence_breakers"),
+    ("/completion", {"prompt": PROMPT, "dry_sequence_breakers": ["x" * 257]}, "dry_sequence_breakers"),
     ("/completion", {"prompt": PROMPT, "response_fields": ["content", 1]}, "response_fields"),
     ("/completion", {"prompt": PROMPT, "response_fields": "content"}, "response_fields"),
     ("/completion", {"prompt": PROMPT, "id_slot": 3}, "id_slot"),
@@ -633,7 +665,10 @@ def test_documented_shapes(http, title, url, body, leave_out):
         ours = {"n_predict", "seed", "temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "repeat_penalty",
                 "presence_penalty", "frequency_penalty", "stop", "max_tokens", "ignore_eos", "n_probs", "grammar", "samplers"}
         assert ours <= settings["params"].keys() and ours <= want["default_generation_settings"]["params"].keys()
-        assert set(settings["params"]["samplers"]) <= set(want["default_generation_settings"]["params"]["samplers"]) | {"penalties"}
+        # (the names of the --samplers option's default, which the /props example predates)
+        readme = (vendor.llama_cpp_source() / "tools" / "server" / "README.md").read_text()
+        names = re.search(r"`--samplers SAMPLERS` \|.*?\(default: ([\w;]+)\)", readme)[1].split(";")
+        assert settings["params"]["samplers"] == names
 
 
 def test_metrics_has_every_documented_name(http):

@@ -211,13 +211,14 @@ def peak_rss(server: Server) -> int:
 @pytest.mark.parametrize("path,body", [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
     ("/completion", {"prompt": "hi"}),
+    ("/completion", {"prompt": "hi", "repeat_penalty": 1.0, "dry_multiplier": 0.8}),  # (DRY's window: the same)
 ])
 def test_a_huge_penalty_window_allocates_no_more_than_the_context(server, path, body):
     # llama.cpp allocates the penalties' window up front: 2^31 - 1 tokens were 8 GiB per request.
     before = peak_rss(server)
     r = httpx.post(server.url + path, timeout=60, json={
-        **body, "model": "default", "max_tokens": 4, "n_predict": 4, "repeat_penalty": 1.3,
-        "repeat_last_n": 2**31 - 1})
+        "model": "default", "max_tokens": 4, "n_predict": 4, "repeat_penalty": 1.3,
+        "repeat_last_n": 2**31 - 1, "dry_penalty_last_n": 2**31 - 1, **body})
     assert r.status_code == 200, r.text
     assert peak_rss(server) - before < 256 << 20
     assert server.healthy()

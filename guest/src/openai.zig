@@ -338,6 +338,7 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
     if (try request.number("top_p", 0, 1)) |x| try md.put("top-p", .{ .float = x });
     if (try request.number("min_p", 0, 1)) |x| try md.put("min-p", .{ .float = x });
     if (try request.number("typical_p", 0, 1)) |x| try md.put("typical-p", .{ .float = x });
+    try moreSamplers(request, md);
     if (try request.integer("top_k", 0, std.math.maxInt(i32))) |n| try md.put("top-k", .{ .integer = n });
     if (try request.number("presence_penalty", -2, 2)) |x| try md.put("presence-penalty", .{ .float = x });
     if (try request.number("frequency_penalty", -2, 2)) |x| try md.put("frequency-penalty", .{ .float = x });
@@ -404,6 +405,36 @@ fn logprobRequest(api: Api, request: Object, job: *Job) fields.Invalid!void {
     try job.metadata.put("logprobs", .{ .integer = top orelse 0 });
     job.logprobs = true;
 }
+
+/// llama-server's other samplers: top-n-sigma, XTC, Mirostat, DRY (llama-host's metadata keys
+/// are their names with `-`). Unbounded values that llama.cpp would take are bounded here.
+fn moreSamplers(request: Object, md: *std.json.ObjectMap) fields.Invalid!void {
+    const numbers = [_]struct { []const u8, []const u8, f64, f64 }{
+        .{ "top_n_sigma", "top-n-sigma", -1e6, 1e6 },
+        .{ "xtc_probability", "xtc-probability", 0, 1 },
+        .{ "xtc_threshold", "xtc-threshold", 0, 1 },
+        .{ "mirostat_tau", "mirostat-tau", 0, 1e6 },
+        .{ "mirostat_eta", "mirostat-eta", 0, 1e6 },
+        .{ "dry_multiplier", "dry-multiplier", 0, 1e6 },
+        .{ "dry_base", "dry-base", 0, 1e6 },
+    };
+    inline for (numbers) |n| if (try request.number(n[0], n[2], n[3])) |x| try md.put(n[1], .{ .float = x });
+    const integers = [_]struct { []const u8, []const u8, i64, i64 }{
+        .{ "mirostat", "mirostat", 0, 2 },
+        .{ "dry_allowed_length", "dry-allowed-length", 0, std.math.maxInt(i32) },
+        .{ "dry_penalty_last_n", "dry-penalty-last-n", -1, std.math.maxInt(i32) },
+    };
+    inline for (integers) |n| if (try request.integer(n[0], n[2], n[3])) |x| try md.put(n[1], .{ .integer = x });
+    const breakers = (try request.array("dry_sequence_breakers")) orelse return;
+    if (breakers.len > max_breakers) return request.problem.fail("dry_sequence_breakers", "'dry_sequence_breakers' has {d} strings; at most {d}", .{ breakers.len, max_breakers });
+    for (breakers) |b| if (b != .string or b.string.len > max_breaker_bytes)
+        return request.problem.fail("dry_sequence_breakers", "'dry_sequence_breakers' must be a list of strings of at most {d} bytes", .{max_breaker_bytes});
+    try md.put("dry-sequence-breakers", .{ .array = .{ .items = breakers, .capacity = breakers.len, .allocator = md.allocator } });
+}
+
+/// DRY's sequence breakers: each costs llama.cpp a pass over the vocabulary when a request starts.
+const max_breakers = 32;
+const max_breaker_bytes = 256;
 
 fn stopStrings(request: Object, md: *std.json.ObjectMap) fields.Invalid!void {
     const v = request.get("stop") orelse return;

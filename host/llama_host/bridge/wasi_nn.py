@@ -52,6 +52,7 @@ MODULE = "wasi_ephemeral_nn"
 MAX_DIMS = 16
 MAX_BUILDERS = 16
 MAX_TRIGGERS, MAX_TRIGGER_BYTES = 16, 256  # lazy grammars: words searched for at every token
+MAX_BREAKERS, MAX_BREAKER_BYTES = 32, 256  # DRY: each costs llama.cpp a pass over the vocabulary
 
 # Sampling defaults when neither the graph config nor the request sets a key (llama.cpp's).
 _DEFAULTS = SamplingParams()
@@ -331,6 +332,10 @@ class NnSession:
         if not -1 <= slot < served.engine.config.parallel:
             raise NnError(Errno.INVALID_ARGUMENT,
                           f"metadata 'id-slot' must be -1 (any) or a sequence from 0 to {served.engine.config.parallel - 1}")
+        breakers = md.get("dry-sequence-breakers", [])
+        if len(breakers) > MAX_BREAKERS or not all(len(b.encode()) <= MAX_BREAKER_BYTES for b in breakers):
+            raise NnError(Errno.INVALID_ARGUMENT,
+                          f"metadata 'dry-sequence-breakers' takes up to {MAX_BREAKERS} strings of at most {MAX_BREAKER_BYTES} bytes")
         triggers = md.get("grammar-triggers", [])
         if len(triggers) > MAX_TRIGGERS or not all(0 < len(t.encode()) <= MAX_TRIGGER_BYTES for t in triggers):
             raise NnError(Errno.INVALID_ARGUMENT,
@@ -347,6 +352,18 @@ class NnSession:
                 top_p=md.get("top-p", _DEFAULTS.top_p),
                 min_p=md.get("min-p", _DEFAULTS.min_p),
                 typical_p=md.get("typical-p", _DEFAULTS.typical_p),
+                top_n_sigma=md.get("top-n-sigma", _DEFAULTS.top_n_sigma),
+                xtc_probability=md.get("xtc-probability", _DEFAULTS.xtc_probability),
+                xtc_threshold=md.get("xtc-threshold", _DEFAULTS.xtc_threshold),
+                mirostat=md.get("mirostat", _DEFAULTS.mirostat),
+                mirostat_tau=md.get("mirostat-tau", _DEFAULTS.mirostat_tau),
+                mirostat_eta=md.get("mirostat-eta", _DEFAULTS.mirostat_eta),
+                dry_multiplier=md.get("dry-multiplier", _DEFAULTS.dry_multiplier),
+                # (llama-server's rule: a base under 1 is the default)
+                dry_base=md["dry-base"] if md.get("dry-base", 0) >= 1 else _DEFAULTS.dry_base,
+                dry_allowed_length=md.get("dry-allowed-length", _DEFAULTS.dry_allowed_length),
+                dry_penalty_last_n=md.get("dry-penalty-last-n", _DEFAULTS.dry_penalty_last_n),
+                dry_sequence_breakers=tuple(md.get("dry-sequence-breakers", _DEFAULTS.dry_sequence_breakers)),
                 repeat_penalty=md.get("repeat-penalty", _DEFAULTS.repeat_penalty),
                 presence_penalty=md.get("presence-penalty", _DEFAULTS.presence_penalty),
                 frequency_penalty=md.get("frequency-penalty", _DEFAULTS.frequency_penalty),

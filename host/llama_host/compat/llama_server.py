@@ -28,7 +28,9 @@ from llama_host.errors import ErrorKind
 
 # Keys /completion passes on as they are: the guest reads llama-server's names.
 SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
-            "frequency_penalty", "seed", "stop", "ignore_eos", "logit_bias", "grammar", "json_schema", "model")
+            "frequency_penalty", "seed", "stop", "ignore_eos", "logit_bias", "grammar", "json_schema", "model",
+            "top_n_sigma", "xtc_probability", "xtc_threshold", "mirostat", "mirostat_tau", "mirostat_eta",
+            "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers")
 # Keys only llama-server's /completion has: a body with one of them at /completions is llama-server's.
 NATIVE = ("n_predict", "n_probs", "cache_prompt", "id_slot", "samplers", "return_tokens", "response_fields", "timings_per_token",
           "n_keep", "n_indent", "t_max_predict_ms", "dry_multiplier", "xtc_probability", "typical_p", "mirostat")
@@ -114,17 +116,19 @@ SAMPLER_OFF = {
     "top_k": ("k", {"top_k": 0}), "top_p": ("p", {"top_p": 1.0}), "min_p": ("m", {"min_p": 0.0}),
     "typ_p": ("y", {"typical_p": 1.0}),
     "penalties": ("e", {"repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0}),
+    "dry": ("d", {"dry_multiplier": 0.0}), "top_n_sigma": ("s", {"top_n_sigma": -1.0}),
+    "xtc": ("x", {"xtc_probability": 0.0}),
     "temperature": ("t", {"temperature": 1.0}),
 }
 SAMPLER_ALIASES = {"top-k": "top_k", "topk": "top_k", "top-p": "top_p", "topp": "top_p", "nucleus": "top_p",
                    "typical_p": "typ_p", "typical-p": "typ_p", "typical": "typ_p", "typ-p": "typ_p", "typ": "typ_p",
-                   "min-p": "min_p", "minp": "min_p", "temp": "temperature"}
+                   "min-p": "min_p", "minp": "min_p", "temp": "temperature", "top-n-sigma": "top_n_sigma"}
 
 
 def _unlisted_samplers_off(samplers: Any, request: dict) -> dict:
     """``samplers``: the samplers to use, as names or a string of letters (``"kpmt"``); those it
-    leaves out are turned off, as llama-server leaves them out. (The order is llama-host's
-    fixed one; llama-server's other samplers, DRY, XTC, ..., llama-host does not have.)"""
+    leaves out are turned off, as llama-server leaves them out. (The order is llama-server's
+    default one, whatever the list's: SAMPLER_ORDER.)"""
     if isinstance(samplers, str):
         listed = {name for name, (letter, _) in SAMPLER_OFF.items() if letter in samplers}
     elif isinstance(samplers, list) and all(isinstance(x, str) for x in samplers):
@@ -326,7 +330,7 @@ def detokenize(served, body: Any, _cancel: Cancellation) -> dict:
 
 
 # The order llama-host's sampler chain applies them (llama_host.engine.sampling), in llama-server's names.
-SAMPLER_ORDER = ["penalties", "top_k", "typ_p", "top_p", "min_p", "temperature"]
+SAMPLER_ORDER = ["penalties", "dry", "top_n_sigma", "top_k", "typ_p", "top_p", "min_p", "xtc", "temperature"]
 
 
 def default_settings(served, defaults: dict) -> dict:
@@ -341,7 +345,11 @@ def default_settings(served, defaults: dict) -> dict:
         "frequency_penalty": defaults.get("frequency-penalty", d.frequency_penalty),
         "stop": [defaults["reverse-prompt"]] if "reverse-prompt" in defaults else [], "max_tokens": n_predict,
         "ignore_eos": False, "stream": False, "n_probs": 0, "grammar": "", "samplers": SAMPLER_ORDER,
-        "timings_per_token": False,
+        "timings_per_token": False, "top_n_sigma": d.top_n_sigma, "xtc_probability": d.xtc_probability,
+        "xtc_threshold": d.xtc_threshold, "mirostat": d.mirostat, "mirostat_tau": d.mirostat_tau,
+        "mirostat_eta": d.mirostat_eta, "dry_multiplier": d.dry_multiplier, "dry_base": d.dry_base,
+        "dry_allowed_length": d.dry_allowed_length, "dry_penalty_last_n": d.dry_penalty_last_n,
+        "dry_sequence_breakers": list(d.dry_sequence_breakers),
     }
     return {"id": 0, "id_task": -1, "n_ctx": served.engine.n_ctx_seq, "speculative": False, "is_processing": False,
             "params": params, "prompt": "",

@@ -187,7 +187,7 @@ class Engine(Resource):
         handle = RequestHandle(request)
         # Built here so that a bad grammar fails the call, not the request later.
         ban = self.model.eog_tokens if request.ignore_eos else ()
-        handle._sampler = Sampler(self.model, request.sampling, context=self.n_ctx_seq, ban=ban)
+        handle._sampler = Sampler(self.model, request.sampling, context=self.n_ctx_seq, ban=ban, prompt=request.prompt)
         with self._cond:
             refusal = self.broken or (EngineClosed() if self._closing else None)
             if refusal is None and len(self._waiting) >= self.config.queue_size:

@@ -8,7 +8,7 @@ import functools
 import json
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -37,6 +37,17 @@ class SamplingParams:
     top_p: float = 0.95  # 1.0: off
     min_p: float = 0.05  # 0.0: off
     typical_p: float = 1.0  # 1.0: off
+    top_n_sigma: float = -1.0  # <= 0: off
+    xtc_probability: float = 0.0  # 0: off
+    xtc_threshold: float = 0.1  # (> 0.5: off)
+    mirostat: int = 0  # 1 or 2: Mirostat in place of top-k ... temperature (its own temperature first)
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    dry_multiplier: float = 0.0  # 0: off
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_penalty_last_n: int = -1  # < 0: the context
+    dry_sequence_breakers: tuple[str, ...] = ("\n", ":", "\"", "*")
     repeat_penalty: float = 1.0  # 1.0: off
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -56,12 +67,14 @@ GREEDY = SamplingParams(temperature=0.0)
 
 
 class Sampler(Resource):
-    """A native chain for one sequence, in llama.cpp's usual order: logit bias → penalties →
-    grammar → (greedy | top-k → typical → top-p → min-p → temperature → seeded draw).
+    """A native chain for one sequence, in llama-server's order: logit bias → penalties → DRY →
+    grammar → (greedy | top-n-sigma → top-k → typical → top-p → min-p → XTC → temperature →
+    seeded draw | temperature → Mirostat).
     ``sample`` also feeds the chosen token back into stateful samplers (penalties, grammar).
     ``ban`` adds tokens that must never be chosen (end-of-generation tokens for ignore_eos).
-    ``context`` is the sequence's context size: the penalties' window never exceeds it (llama.cpp
-    allocates the window up front, so a client's 2^31 would be 8 GiB per request).
+    ``prompt``: the tokens before the first draw, which the penalties and DRY count as
+    llama-server's do. ``context`` is the sequence's context size: the penalties' window never exceeds it (llama.cpp
+    allocates the window up front, so a client's 2^31 would be 8 GiB per request); so is DRY's.
 
     With a grammar, sampling is llama-server's (common_sampler_sample): the chain draws a token
     without the grammar, then the grammar checks only that token; only when it refuses does the
@@ -81,7 +94,7 @@ class Sampler(Resource):
     grammar refuses there (the word in prose) puts the grammar back to waiting."""
 
     def __init__(self, model: Model, params: SamplingParams = GREEDY, *, context: int,
-                 ban: tuple[int, ...] = ()) -> None:
+                 ban: tuple[int, ...] = (), prompt: Sequence[int] = ()) -> None:
         self.params = params
         self.exhausted = False
         self._ptr = self._pre = self._grammar = self._post = None
@@ -92,18 +105,37 @@ class Sampler(Resource):
             grammar = _init_grammar(model, p.grammar)
         bias = {t: b for t, b in p.logit_bias.items() if 0 <= t < model.n_vocab}
         bias.update((t, -math.inf) for t in ban)
-        pre = []
+        pre, windows = [], []
         if bias:
             entries = (C.llama_logit_bias * len(bias))(*(C.llama_logit_bias(t, b) for t, b in bias.items()))
             pre.append(C.llama_sampler_init_logit_bias(model.n_vocab, len(bias), entries))
         if p.repeat_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
             window = context if p.penalty_last_n < 0 else min(p.penalty_last_n, context)
+            windows.append(window)
             pre.append(C.llama_sampler_init_penalties(model.n_vocab, window, p.repeat_penalty, p.frequency_penalty,
                                                       p.presence_penalty))
+        if p.dry_multiplier > 0 and p.dry_penalty_last_n != 0:
+            window = context if p.dry_penalty_last_n < 0 else min(p.dry_penalty_last_n, context)
+            breakers = [b.encode() for b in p.dry_sequence_breakers if b]
+            allowed = max(0, min(p.dry_allowed_length, 2**31 - 1))  # (an int32 in C)
+            windows.append(window)
+            pre.append(C.llama_sampler_init_dry(model.vocab, p.dry_multiplier, p.dry_base, allowed, window,
+                                                (ctypes.c_char_p * len(breakers))(*breakers), len(breakers)))
+        # As llama-server's: the prompt's last tokens count for the penalties and DRY, as if drawn.
+        for token in prompt[max(0, len(prompt) - max(windows, default=0)):] if windows else ():
+            for sampler in pre:
+                C.llama_sampler_accept(sampler, token)
         post = []
+        seed = RANDOM_SEED if p.seed is None else p.seed & 0xFFFFFFFF
         if p.greedy:
             post.append(C.llama_sampler_init_greedy())
+        elif p.mirostat in (1, 2):
+            post.append(C.llama_sampler_init_temp(p.temperature))
+            post.append(C.llama_sampler_init_mirostat(model.n_vocab, seed, p.mirostat_tau, p.mirostat_eta, 100)
+                        if p.mirostat == 1 else C.llama_sampler_init_mirostat_v2(seed, p.mirostat_tau, p.mirostat_eta))
         else:
+            if p.top_n_sigma > 0:
+                post.append(C.llama_sampler_init_top_n_sigma(p.top_n_sigma))
             if p.top_k > 0:
                 post.append(C.llama_sampler_init_top_k(p.top_k))
             if p.typical_p < 1.0:
@@ -112,8 +144,10 @@ class Sampler(Resource):
                 post.append(C.llama_sampler_init_top_p(p.top_p, 1))
             if p.min_p > 0.0:
                 post.append(C.llama_sampler_init_min_p(p.min_p, 1))
+            if p.xtc_probability > 0:
+                post.append(C.llama_sampler_init_xtc(p.xtc_probability, p.xtc_threshold, 1, seed))
             post.append(C.llama_sampler_init_temp(p.temperature))
-            post.append(C.llama_sampler_init_dist(RANDOM_SEED if p.seed is None else p.seed & 0xFFFFFFFF))
+            post.append(C.llama_sampler_init_dist(seed))
         if grammar is None:
             self._ptr = _chain(pre + post)
             return
