@@ -255,6 +255,20 @@ def test_two_threads_at_once(llm):
 # --- model, lifetime, construction ------------------------------------------------------------
 
 
+def test_detokenizing_ids_outside_the_vocabulary_is_a_value_error(spm_path):
+    # llama.cpp indexes its vocabulary with .at(): the C++ exception aborted the process (a child
+    # process here, so that the old behaviour fails the test instead of ending the run)
+    code = ("import sys; from llama_host import Llama\n"
+            f"llm = Llama({str(spm_path)!r}, n_ctx=256, verbose=False)\n"
+            "for bad in ([-1], [10**9], [2**31], ['abc']):\n"
+            "    try: llm.detokenize(bad)\n"
+            "    except ValueError as e: print('ValueError', e)\n"
+            "print(llm.detokenize([]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("ValueError") == 4 and "not in the model's vocabulary (0 to 31999)" in r.stdout
+
+
 def test_tokens_and_context(llm):
     tokens = llm.tokenize(b"Hello world")
     assert tokens[0] == 1  # Llama-2's BOS

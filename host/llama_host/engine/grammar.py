@@ -67,6 +67,11 @@ MAX_GRAMMAR_BRANCHES = 512
 # something: 5e7, 3.5 s); this is about 70 ms, in the request's own thread at first, then per
 # token in the scheduler thread where the grammar goes on.
 MAX_GRAMMAR_EXPANSION = 1_000_000
+# Characters of one character class's text (an escape counts its length; a range, its ends): at
+# every token that fails the fast check llama.cpp matches each vocabulary token against a class
+# item by item, in the scheduler thread; a 50,000-character class took 95 s for 16 tokens and
+# stalled every other sequence. At this limit: about 30 ms a token for a 32,000-token vocabulary.
+MAX_GRAMMAR_CLASS_CHARS = 1024
 # Element visits of llama.cpp's left-recursion walk, which visits a rule again on every path to it
 # (about 2.4 ns each: 10,000 rules that each begin with one 100,000-character rule take 2.4 s).
 MAX_GRAMMAR_WALK = 10_000_000
@@ -256,6 +261,9 @@ class _Scanner:
                 if not m:
                     what = "string" if c == '"' else "character class"
                     raise self.fail(pos, f"an unterminated {what}, or an unknown escape in it")
+                if c == "[" and len(m.group(1)) > MAX_GRAMMAR_CLASS_CHARS:
+                    raise self.fail(pos, f"a character class of {len(m.group(1))} characters; the limit is "
+                                         f"{MAX_GRAMMAR_CLASS_CHARS}")
                 # Elements: characters (an escape counts its length: an upper bound), + ranges.
                 self._item(seq, pos, len(m.group(1)), _T)
                 pos = self.space(m.end(), seq.nested)

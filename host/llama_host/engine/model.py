@@ -248,6 +248,10 @@ class Model(Resource):
         return piece
 
     def _read_piece(self, token: int, special: bool) -> bytes:
+        # (llama.cpp indexes its vocabulary with .at(): an id outside it is a C++ exception
+        # through the C API, which aborts the process)
+        if not (isinstance(token, int) and 0 <= token < self.n_vocab):
+            raise ValueError(f"token id {token!r} is not in the model's vocabulary (0 to {self.n_vocab - 1})")
         buf = ctypes.create_string_buffer(64)
         n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
