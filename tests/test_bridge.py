@@ -114,11 +114,15 @@ def test_token_ids_and_the_slot_come_out_with_the_text(runner, registry):
     assert json.loads(meta)["id_slot"] == 3
     p = Program()
     ctx, _ = session(p, b"spm", b"Once upon a time", {"n-predict": 6, "temp": 0.0})
-    for _ in range(6):
+    for _ in range(8):  # (6 tokens, maybe text released at the end, then the end)
         p.call("compute_single", ctx)
         output(p, ctx, 4, single=True)
+        output(p, ctx, 0, single=True)
     errnos, _, reports = run(runner, p)
-    assert [json.loads(r) for r in reports] == [[t] for t in ids]
+    end = errnos[-24::3].index(E.END_OF_SEQUENCE)  # (the compute_single calls' answers)
+    pairs = [(json.loads(reports[i]), reports[i + 1]) for i in range(0, 2 * end, 2)]
+    assert sum((ids_ for ids_, _ in pairs), []) == ids  # (each with the output that releases its text)
+    assert all(bool(ids_) == bool(text) for ids_, text in pairs)
 
 
 def test_load_by_name_with_config_sets_defaults(runner, registry):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 
@@ -93,6 +94,24 @@ def test_a_request_for_a_busy_slot_waits_for_it_and_lets_others_pass(model_path)
         assert (long.result.slot, pinned.result.slot) == (0, 0)
         with pytest.raises(ValueError, match="no sequence 2"):
             eng.submit(GenerationRequest(model.tokenize(PROMPTS[0]), slot=2))
+
+
+def test_requests_waiting_for_a_pinned_slot_do_not_fill_the_queue_for_the_others(model_path):
+    # (with --queue-size 2, two requests pinned to a busy slot made every other one a 503)
+    config = EngineConfig(ctx_size=256, parallel=2, batch_size=64, queue_size=1)
+    with Model(model_path("spm")) as model, Engine(model, config) as eng:
+        request = functools.partial(GenerationRequest, model.tokenize(PROMPTS[0]), ignore_eos=True)
+        long = eng.submit(request(max_tokens=200, slot=0))
+        next(iter(long))
+        waiting = eng.submit(request(max_tokens=1, slot=0))
+        with pytest.raises(QueueFull):
+            eng.submit(request(max_tokens=1, slot=0))
+        free = eng.submit(request(max_tokens=2))
+        free.text()
+        assert free.result.slot == 1 and waiting.result is None
+        long.cancel()
+        waiting.text()
+        assert waiting.result.slot == 0
 
 
 def test_concurrent_requests_are_batched(spm_engine):

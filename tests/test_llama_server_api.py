@@ -153,6 +153,24 @@ def test_llama_servers_other_samplers_change_the_draw_and_samplers_can_leave_the
         assert text(**settings, samplers="e" + letter + "t") == text(**settings)
 
 
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "<|im_end|>x"}] * 5000}, "messages"),
+    ("/v1/completions", {"prompt": "<|im_end|>x" * 20000}, "prompt"),
+    ("/completion", {"prompt": "<|im_end|>x" * 20000}, "prompt"),
+    ("/v1/embeddings", {"input": "<|im_end|>x" * 20000}, "input"),
+    ("/embedding", {"content": "<|im_end|>x" * 20000}, None),
+])
+def test_a_prompt_no_context_could_hold_is_refused_before_it_is_tokenized(server, http, vocab, path, body, param):
+    """llama.cpp's tokenizer splits special tokens in time that grows with the square of their
+    count: a 2 MB chat of 50,000 messages took 4 minutes of CPU to learn it was too long."""
+    r = http.post(path, json={"model": "default", **body})
+    assert r.status_code == 400, r.text[:300]
+    error = r.json()["error"]
+    assert error["code"] == "context_length_exceeded" and "at least" in error["message"], error
+    assert param is None or error["param"] == param, error
+    assert server.healthy()
+
+
 def test_response_fields_pick_and_unnest(http):
     whole = http.post("/completion", json={"prompt": PROMPT, "n_predict": 3, "temperature": 0}).json()
     fields = ["content", "generation_settings/n_predict", "timings/predicted_n", "nope", "content/deeper"]

@@ -185,6 +185,27 @@ def test_streamed_token_ids_are_the_whole_answers(server):
     assert "token_ids" not in plain.choices[0].model_dump()
 
 
+def test_streamed_token_ids_come_with_their_text_and_log_probabilities(server):
+    """A token whose text is held back (here: it may begin a stop string) has its id in the chunk
+    that releases the text, with its log-probability; ids a stop string cut come at the end."""
+    base = {"model": "default", "prompt": PROMPT, "max_tokens": 16, "temperature": 0, "ignore_eos": True,
+            "return_token_ids": True}
+    full = httpx.post(server.url + "/v1/completions", json={**base, "logprobs": 0, "logprobs_format": "chat"}).json()
+    full = full["choices"][0]
+    k = next(i for i, e in enumerate(full["logprobs"]["content"]) if i >= 3 and e["token"].strip())
+    held = full["logprobs"]["content"][k]["token"] + "\u0001never"  # (token k's text waits for the next one)
+    for extra in ({}, {"logprobs": 1, "logprobs_format": "chat"}):
+        body = {**base, **extra, "stop": [held], "stream": True}
+        with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=60) as r:
+            chunks = [json.loads(line[6:])["choices"][0] for line in r.iter_lines() if line.startswith("data: {")]
+        assert sum((c["token_ids"] for c in chunks), []) == full["token_ids"]
+        assert any(len(c["token_ids"]) > 1 for c in chunks)  # (the held one and the next)
+        for c in chunks[:-1]:
+            assert bool(c["token_ids"]) == bool(c["text"]) or c["logprobs"], c
+            if extra:
+                assert c["token_ids"] == [e["id"] for e in (c["logprobs"] or {}).get("content", [])], c
+
+
 @pytest.mark.parametrize("path, extra, param", [
     ("/v1/completions", {"logprobs": 1, "logprobs_format": "content"}, "logprobs_format"),
     ("/v1/completions", {"return_token_ids": 1}, "return_token_ids"),

@@ -391,6 +391,13 @@ def test_api_key_cors_body_limit_and_web_ui(model_path, tmp_path):
             assert unauthorized.status_code == 401 and unauthorized.headers["x-request-id"].startswith("req-"), path
         assert httpx.get(s.url + "/metrics").status_code == 401
         assert httpx.get(s.url + "/metrics", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        # HTTP's schemes are case-free; a HEAD is a GET; two keys are one too many (which counts?)
+        assert httpx.get(s.url + "/metrics", headers={"Authorization": "bearer s3cret"}).status_code == 200
+        assert httpx.head(s.url + "/v1/models").status_code == 200
+        two = httpx.get(s.url + "/metrics", headers=[("Authorization", "Bearer nope"), ("Authorization", "Bearer s3cret")])
+        assert two.status_code == 401
+        assert httpx.get(s.url + "/metrics", headers={"Authorization": "Basic s3cret"}).status_code == 401
+        assert httpx.get(s.url + "/metrics", headers={"x-api-key": "s3cret"}).status_code == 200
         assert "my chat ui" in httpx.get(s.url + "/").text
         pre = httpx.options(s.url + "/v1/chat/completions", headers={
             "Origin": "https://chat.example", "Access-Control-Request-Method": "POST",

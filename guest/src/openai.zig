@@ -283,6 +283,8 @@ fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer
             }
             c.done = true;
             live -= 1;
+            // (the ids whose text never came: tokens a stop string cut)
+            if (job.token_ids) try c.token_ids.appendSlice(readTokenIds(gpa, c.ctx, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure));
             c.usage = try Usage.readSingle(gpa, c.ctx);
             const d = try c.end();
             if (!job.stream) {

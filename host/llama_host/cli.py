@@ -194,7 +194,8 @@ def serve(
     timeout_keep_alive: Annotated[float, typer.Option(help="Seconds an idle keep-alive connection stays open.")] = 5.0,
     shutdown_grace: Annotated[float, typer.Option(
         help="On SIGTERM/Ctrl-C, seconds running requests get to finish before they end with an error.")] = 10.0,
-    queue_size: Annotated[int, typer.Option(help="Requests that may wait for a free sequence (503 past it).")] = 64,
+    queue_size: Annotated[int, typer.Option(help="Requests that may wait for a free sequence (503 past it); as many "
+                                            "again may wait for the one their id_slot names.")] = 64,
     stall_timeout: Annotated[float, typer.Option(
         help="Seconds one decode step may run before /health reports the model stalled (503; e.g. an RPC worker "
              "that stopped answering without closing its connection). 0: never.")] = 300.0,
@@ -294,7 +295,7 @@ def serve(
 
     origins = tuple(o.strip() for o in (cors_origins or "").split(",") if o.strip())
     settings = Settings(api_key=api_key or None, cors_origins=origins, max_body_bytes=max_body_bytes, web_ui=web_ui,
-                        worker_threads=parallel + queue_size + 8, slots=slots, slot_save_path=slot_save_path,
+                        worker_threads=parallel + 2 * queue_size + 8, slots=slots, slot_save_path=slot_save_path,
                         reranking=reranking, per_token_embeddings=pooling == "none",
                         info={"ctx_size": ctx_size, "batch_size": batch_size, "parallel": parallel,
                               "queue_size": queue_size, "prompt_template": prompt_template, "defaults": defaults,

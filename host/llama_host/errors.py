@@ -61,9 +61,10 @@ class PromptTooLong(HostError):
     kind = ErrorKind.CONTEXT_LENGTH
     param = "messages"
 
-    def __init__(self, n_prompt: int, n_ctx: int) -> None:
+    def __init__(self, n_prompt: int, n_ctx: int, *, at_least: bool = False) -> None:
         super().__init__(
-            f"the prompt has {n_prompt} tokens, more than the {n_ctx} tokens of context a request can use"
+            f"the prompt has {'at least ' if at_least else ''}{n_prompt} tokens, more than the {n_ctx} tokens of "
+            "context a request can use"
         )
         self.n_prompt = n_prompt
         self.n_ctx = n_ctx

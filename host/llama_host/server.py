@@ -700,25 +700,26 @@ def echo(text: str, limit: int = 100) -> str:
 
 class ApiKeyMiddleware:
     """With an API key set, every route that reaches a model (/v1 and the older APIs) needs
-    ``Authorization: Bearer <key>`` or (Anthropic's SDKs) ``x-api-key: <key>``; the key is
-    compared in constant time and never logged."""
+    ``Authorization: Bearer <key>`` (the scheme's case is free, as HTTP's) or (Anthropic's SDKs)
+    ``x-api-key: <key>``, once; the key is compared in constant time and never logged."""
 
     def __init__(self, app: ASGIApp, api_key: str | None) -> None:
         self.app = app
-        self.expected = f"Bearer {api_key}".encode() if api_key else None
-        self.expected_header = api_key.encode() if api_key else None
+        self.expected = api_key.encode() if api_key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (self.expected is not None and scope["type"] == "http" and scope["method"] != "OPTIONS"
                 and scope["path"].startswith(PROTECTED)
-                and not (scope["method"] == "GET" and PUBLIC_GET.fullmatch(scope["path"]))):
-            headers = dict(scope["headers"])
-            given = headers.get(b"authorization", b"")
-            if b"x-api-key" in headers and not given:
-                given, expected = headers[b"x-api-key"], self.expected_header
-            else:
-                expected = self.expected
-            if not hmac.compare_digest(given, expected):
+                and not (scope["method"] in ("GET", "HEAD") and PUBLIC_GET.fullmatch(scope["path"]))):
+            keys = [v for k, v in scope["headers"] if k == b"authorization"]
+            scheme, _, given = (keys[0] if keys else b"").partition(b" ")
+            if scheme.lower() != b"bearer":
+                given = b""
+            if not keys:
+                keys = [v for k, v in scope["headers"] if k == b"x-api-key"]
+                given = keys[0] if keys else b""
+            # (two keys are refused: which one a proxy or the application reads would differ)
+            if len(keys) > 1 or not hmac.compare_digest(given.strip(), self.expected):
                 message = "invalid API key" if given else "missing API key: send 'Authorization: Bearer <key>'"
                 await error_response(ErrorKind.UNAUTHORIZED, message)(scope, receive, send)
                 return

@@ -75,6 +75,7 @@ class ExecContext:
     last_piece: bytes = b""
     logprobs: list[dict] = dataclasses.field(default_factory=list)  # compute: all; compute_single: the last output's
     tokens: list[int] = dataclasses.field(default_factory=list)  # generated ids, as logprobs (`return-tokens`)
+    held: list[int] = dataclasses.field(default_factory=list)  # compute_single: ids whose text is not out yet
     prompt_logprobs: list[dict | None] = dataclasses.field(default_factory=list)
     handle: RequestHandle | None = None  # compute_single in progress
     result: Result | None = None
@@ -261,18 +262,23 @@ class NnSession:
             ctx.output.clear()
             ctx.result = None
             ctx.generated = 0
+            ctx.held = []
             ctx.prompt_logprobs = []
             ctx.handle = self._submit(ctx)
         out = ctx.handle.next()
         if not ctx.prompt_logprobs:  # (set by the engine before its first output)
             ctx.prompt_logprobs = self._prompt_entries(ctx, ctx.handle)
-        if out is None:
-            ctx.logprobs, ctx.tokens = [], []
+        if out is None:  # (the ids still held: tokens a stop string cut, whose text never comes)
+            ctx.logprobs, ctx.tokens, ctx.held = [], ctx.held, []
             return self._finished(ctx, ctx.handle.result, single=True)
         ctx.generated += out.token >= 0
-        ctx.tokens = [out.token] if out.token >= 0 else []
+        if out.token >= 0:
+            ctx.held.append(out.token)
         ctx.last_piece = out.text.encode()
         ctx.logprobs = self._logprob_entries(ctx, out.logprobs)
+        # A token's id comes with its text, as its log-probability does (with the same output).
+        n = len(out.logprobs) if ctx.handle.request.logprobs is not None else len(ctx.held) if out.text else 0
+        ctx.tokens, ctx.held = ctx.held[:n], ctx.held[n:]
         ctx.output += ctx.last_piece
         return Errno.SUCCESS
 
@@ -317,6 +323,8 @@ class NnSession:
     def _submit(self, ctx: ExecContext) -> RequestHandle:
         served, md = ctx.graph.served, ctx.metadata
         prompt = self._prompt(ctx)
+        if not isinstance(prompt, list) and (least := served.model.fewest_tokens(prompt)) >= served.engine.n_ctx_seq:
+            raise NnError(Errno.PROMPT_TOO_LONG, str(PromptTooLong(least, served.engine.n_ctx_seq, at_least=True)))
         tokens = prompt if isinstance(prompt, list) else served.model.tokenize(prompt)
         ctx.input_tokens = len(tokens)
         n_predict = md.get("n-predict", -1)

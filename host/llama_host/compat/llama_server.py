@@ -24,7 +24,7 @@ from llama_host.compat import CompatError, Endpoint, cached_tokens, field, input
 from llama_host import __version__
 from llama_host.engine import Cancellation
 from llama_host.engine.sampling import SamplingParams
-from llama_host.errors import ErrorKind
+from llama_host.errors import ErrorKind, PromptTooLong
 
 # Keys /completion passes on as they are: the guest reads llama-server's names.
 SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
@@ -147,10 +147,14 @@ def _unlisted_samplers_off(samplers: Any, request: dict) -> dict:
     return out
 
 
-def tokenize_prompt(model, prompt: str | list, *, special: bool = True) -> list[int]:
+def tokenize_prompt(model, prompt: str | list, limit: int, *, special: bool = True) -> list[int]:
     """A prompt's tokens as llama-server makes them: token ids as given (the guest's bridge, or
     the Embedder without it, checks them against the vocabulary), strings tokenized; BOS (where
-    the model wants one) only when the prompt starts with a string."""
+    the model wants one) only when the prompt starts with a string. A prompt that cannot be
+    fewer than ``limit`` tokens is refused before the tokenizer's work."""
+    least = sum(model.fewest_tokens(p) if isinstance(p, str) else 1 for p in ([prompt] if isinstance(prompt, str) else prompt))
+    if least >= limit:
+        raise CompatError("prompt", str(PromptTooLong(least, limit, at_least=True)), ErrorKind.CONTEXT_LENGTH)
     if isinstance(prompt, str):
         return model.tokenize(prompt, special=special)
     out: list[int] = []
@@ -162,7 +166,7 @@ def tokenize_prompt(model, prompt: str | list, *, special: bool = True) -> list[
 def completion_prepare(served, request: dict) -> dict:
     """Every prompt as token ids: mixed prompts need the model's tokenizer, and each result
     counts its own prompt's tokens."""
-    ids = [tokenize_prompt(served.model, p) for p in request["_prompts"]]
+    ids = [tokenize_prompt(served.model, p, served.engine.n_ctx_seq) for p in request["_prompts"]]
     out = {**request, "prompt": ids[0] if len(ids) == 1 else ids, "_n_prompt": [len(t) for t in ids],
            "_n_ctx": served.engine.n_ctx_seq}
     if "logit_bias" in request:
@@ -458,7 +462,7 @@ def embedding_request(body: Any) -> dict:
 
 
 def embedding_prepare(served, request: dict) -> dict:
-    ids = [tokenize_prompt(served.model, p) for p in prompts(request["input"])]
+    ids = [tokenize_prompt(served.model, p, served.embedder().n_ctx + 1) for p in prompts(request["input"])]
     return {**request, "input": ids[0] if len(ids) == 1 else ids}
 
 
@@ -480,7 +484,7 @@ MAX_TOKEN_EMBEDDING_NUMBERS = 1 << 24  # per request: a 4096-token input of a 40
 def token_embeddings(served, body: Any, cancel: Cancellation) -> list[dict]:
     """``/embedding`` with ``--pooling none``: per input, each token's hidden state, unnormalised
     (as llama-server gives them; ``embd_normalize`` applies to pooled vectors only)."""
-    inputs = [tokenize_prompt(served.model, p) for p in prompts(embedding_request(body)["input"])]
+    inputs = [tokenize_prompt(served.model, p, served.embedder().n_ctx + 1) for p in prompts(embedding_request(body)["input"])]
     numbers = sum(map(len, inputs)) * served.model.info.n_embd
     if numbers > MAX_TOKEN_EMBEDDING_NUMBERS:
         raise CompatError("content", f"the answer would hold {numbers} numbers (tokens × {served.model.info.n_embd} "

@@ -94,6 +94,8 @@ class Embedder(Resource):
         """For each text: its embedding and its token count."""
         out = []
         for text in texts:
+            if (least := self.model.fewest_tokens(text)) > self.n_ctx:
+                raise PromptTooLong(least, self.n_ctx, at_least=True)
             tokens = self.model.tokenize(text)
             out.append((self.embed_tokens(tokens), len(tokens)))
         return out

@@ -190,7 +190,10 @@ class Engine(Resource):
         handle._sampler = Sampler(self.model, request.sampling, context=self.n_ctx_seq, ban=ban, prompt=request.prompt)
         with self._cond:
             refusal = self.broken or (EngineClosed() if self._closing else None)
-            if refusal is None and len(self._waiting) >= self.config.queue_size:
+            # (requests pinned to a sequence wait in a queue of their own: they must not fill the
+            # others' while a sequence is free)
+            pinned = request.slot is not None
+            if refusal is None and sum((h.request.slot is not None) == pinned for h in self._waiting) >= self.config.queue_size:
                 refusal = QueueFull(self.config.queue_size)
             if refusal is not None:
                 handle._sampler.close()

@@ -236,6 +236,13 @@ class Model(Resource):
             del tokens[0]
         return tokens
 
+    def fewest_tokens(self, text: str | bytes) -> int:
+        """The fewest tokens ``text`` can be (no token is longer than the longest piece): a text
+        too long for a context by this count is refused without the tokenizer's work, which
+        grows with the square of the special tokens in it."""
+        n = len(text.encode("utf-8")) if isinstance(text, str) else len(text)
+        return -(-n // max(1, self._pieces[1]))
+
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes of one token. A piece may be part of a UTF-8 character (byte tokens), so
         callers join pieces as bytes and decode once a character is complete. (Kept once read:
