@@ -312,6 +312,10 @@ def test_constructor_errors(model_path, tmp_path):
                 {"n_ctx": "big"}, {"model_name": ""}):
         with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
             Llama(tiny, **bad)
+    # (values of the right type that no machine can serve: the engine's refusal, as a ValueError)
+    for bad in ({"n_ctx": 10**12}, {"n_parallel": 10**6}):
+        with pytest.raises(ValueError, match="at most|more memory|cells"):
+            Llama(tiny, **bad)
 
 
 def test_verbose_false_quiets_the_loggers(model_path):

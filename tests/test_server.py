@@ -453,6 +453,8 @@ CLI_ERRORS = [
     (["--ctx-size", "zero"], "--ctx-size"),
     (["--parallel", "0"], "--parallel must be at least 1"),
     (["--socket-addr", "nowhere"], "HOST:PORT"),
+    (["--socket-addr", "[::1:80"], "HOST:PORT"),  # (it listened on [::1]:80)
+    (["--socket-addr", "[]:80"], "HOST:PORT"),
     (["--port", "70000"], "between 0 and 65535"),
     (["--log-level", "loud"], "log level"),
     (["--web-ui", "/no/such/dir"], "not a folder"),

@@ -31,12 +31,12 @@ from typing import Any
 from llama_host import __version__, vendor
 from llama_host.bridge.abi import Errno, NnError
 from llama_host.bridge.runner import RunnerConfig
-from llama_host.engine.engine import EngineConfig
+from llama_host.engine.engine import EngineConfig, UnservableConfig
 from llama_host.engine.model import Target
 from llama_host.engine.stats import EngineStats
 from llama_host.errors import APIError, ErrorKind
 from llama_host.preload import GGUF_MAGIC, Preload
-from llama_host.registry import ModelRegistry, ServedModel
+from llama_host.registry import LoadError, ModelRegistry, ServedModel
 from llama_host.resource import Resource
 from llama_host.serving import GuestError, ModelRoute, Reply, Serving
 
@@ -253,7 +253,12 @@ class Llama(Resource):
         offload = n_gpu_layers not in (None, 0)
         preload = Preload(PRELOAD, "GGML", Target.GPU if offload else Target.CPU, path)
         self._config = EngineConfig(ctx_size=n_ctx, parallel=n_parallel, batch_size=n_batch, threads=n_threads)
-        self._registry = ModelRegistry.load([preload], self._config, n_gpu_layers=n_gpu_layers if offload else None)
+        try:
+            self._registry = ModelRegistry.load([preload], self._config, n_gpu_layers=n_gpu_layers if offload else None)
+        except LoadError as e:
+            if isinstance(e.__cause__, UnservableConfig):  # (n_ctx, n_parallel, n_threads: the arguments)
+                raise ValueError(e.reason) from None
+            raise
         try:
             self._serving = Serving(self._registry, [route],
                                     runner_config=RunnerConfig(templates_dir=vendor.templates_dir()),

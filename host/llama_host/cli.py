@@ -47,8 +47,10 @@ class UsageError(Exception):
 
 def parse_socket_addr(value: str, port: int | None) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
-    if not sep or not host:
-        raise UsageError(f"--socket-addr must be HOST:PORT (e.g. 0.0.0.0:8080), not {value!r}")
+    # (an IPv6 address in brackets, whole: "[::1:80" is no address, not [::1]:80)
+    bracketed = host.startswith("[") or host.endswith("]")
+    if not sep or not host or (bracketed and not (host.startswith("[") and host.endswith("]") and len(host) > 2)):
+        raise UsageError(f"--socket-addr must be HOST:PORT (e.g. 0.0.0.0:8080, [::1]:8080), not {value!r}")
     try:
         parsed = int(port_text)
     except ValueError:
