@@ -186,7 +186,8 @@ async def _run_compat(request: Request, api: compat.Endpoint, body: bytes) -> Re
             translated = api.request(orjson.loads(body))
             if api.prepare is not None and (route := _route_for(state, translated.get("model"))) is not None:
                 lease = await anyio.to_thread.run_sync(state.registry.acquire, route.preload, limiter=state.limiter)
-                translated = await anyio.to_thread.run_sync(api.prepare, lease.served, translated, limiter=state.limiter)
+                translated = await anyio.to_thread.run_sync(api.prepare, lease.served, translated,
+                                                            limiter=state.limiter)
         except orjson.JSONDecodeError as e:
             return _compat_error(api, ErrorKind.INVALID_REQUEST, f"the request body is not valid JSON ({e})")
         except compat.CompatError as e:

@@ -40,8 +40,8 @@ from llama_host.engine import Cancellation, EngineConfig, FinishReason, Generati
 from llama_host.engine.logprobs import MAX_TOP, TokenLogprob
 from llama_host.engine.sampling import grammar_from_json_schema, grammar_from_schemas
 from llama_host.errors import (
-    EngineBroken, EngineClosed, HostError, InsufficientMemory, InvalidGrammar, ModelBusy, ModelNotFound, NonFiniteOutput,
-    PromptTooLong, QueueFull,
+    EngineBroken, EngineClosed, HostError, InsufficientMemory, InvalidGrammar, ModelBusy, ModelNotFound,
+    NonFiniteOutput, PromptTooLong, QueueFull,
 )
 from llama_host.registry import Lease, ModelRegistry, ServedModel
 from llama_host.vendor import LLAMA_CPP_PYTHON_VERSION
@@ -323,8 +323,9 @@ class NnSession:
     def _submit(self, ctx: ExecContext) -> RequestHandle:
         served, md = ctx.graph.served, ctx.metadata
         prompt = self._prompt(ctx)
-        if not isinstance(prompt, list) and (least := served.model.fewest_tokens(prompt)) >= served.engine.n_ctx_seq:
-            raise NnError(Errno.PROMPT_TOO_LONG, str(PromptTooLong(least, served.engine.n_ctx_seq, at_least=True)))
+        n_ctx = served.engine.n_ctx_seq
+        if not isinstance(prompt, list) and (least := served.model.fewest_tokens(prompt)) >= n_ctx:
+            raise NnError(Errno.PROMPT_TOO_LONG, str(PromptTooLong(least, n_ctx, at_least=True)))
         tokens = prompt if isinstance(prompt, list) else served.model.tokenize(prompt)
         ctx.input_tokens = len(tokens)
         n_predict = md.get("n-predict", -1)
@@ -336,14 +337,13 @@ class NnSession:
         stop = list(md.get("stop", []))
         if md.get("reverse-prompt"):
             stop.append(md["reverse-prompt"])
-        slot = md.get("id-slot", -1)
-        if not -1 <= slot < served.engine.config.parallel:
-            raise NnError(Errno.INVALID_ARGUMENT,
-                          f"metadata 'id-slot' must be -1 (any) or a sequence from 0 to {served.engine.config.parallel - 1}")
+        slot, parallel = md.get("id-slot", -1), served.engine.config.parallel
+        if not -1 <= slot < parallel:
+            raise NnError(Errno.INVALID_ARGUMENT, f"metadata 'id-slot' must be -1 (any) or a sequence from 0 to {parallel - 1}")
         breakers = md.get("dry-sequence-breakers", [])
         if len(breakers) > MAX_BREAKERS or not all(len(b.encode()) <= MAX_BREAKER_BYTES for b in breakers):
-            raise NnError(Errno.INVALID_ARGUMENT,
-                          f"metadata 'dry-sequence-breakers' takes up to {MAX_BREAKERS} strings of at most {MAX_BREAKER_BYTES} bytes")
+            raise NnError(Errno.INVALID_ARGUMENT, f"metadata 'dry-sequence-breakers' takes up to {MAX_BREAKERS} "
+                                                  f"strings of at most {MAX_BREAKER_BYTES} bytes")
         triggers = md.get("grammar-triggers", [])
         if len(triggers) > MAX_TRIGGERS or not all(0 < len(t.encode()) <= MAX_TRIGGER_BYTES for t in triggers):
             raise NnError(Errno.INVALID_ARGUMENT,

@@ -27,13 +27,14 @@ from llama_host.engine.sampling import SamplingParams
 from llama_host.errors import ErrorKind, PromptTooLong
 
 # Keys /completion passes on as they are: the guest reads llama-server's names.
-SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "repeat_last_n", "presence_penalty",
-            "frequency_penalty", "seed", "stop", "ignore_eos", "logit_bias", "grammar", "json_schema", "model",
+SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "repeat_last_n",
+            "presence_penalty", "frequency_penalty", "seed", "stop", "ignore_eos", "logit_bias", "grammar", "json_schema",
+            "model",
             "top_n_sigma", "xtc_probability", "xtc_threshold", "mirostat", "mirostat_tau", "mirostat_eta",
             "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers")
 # Keys only llama-server's /completion has: a body with one of them at /completions is llama-server's.
-NATIVE = ("n_predict", "n_probs", "cache_prompt", "id_slot", "samplers", "return_tokens", "response_fields", "timings_per_token",
-          "n_keep", "n_indent", "t_max_predict_ms", "dry_multiplier", "xtc_probability", "typical_p", "mirostat")
+NATIVE = ("n_predict", "n_probs", "cache_prompt", "id_slot", "samplers", "return_tokens", "response_fields",
+          "timings_per_token", "n_keep", "n_indent", "t_max_predict_ms", "dry_multiplier", "xtc_probability", "typical_p", "mirostat")
 
 
 def _is_token(t: Any) -> bool:
@@ -152,7 +153,8 @@ def tokenize_prompt(model, prompt: str | list, limit: int, *, special: bool = Tr
     the Embedder without it, checks them against the vocabulary), strings tokenized; BOS (where
     the model wants one) only when the prompt starts with a string. A prompt that cannot be
     fewer than ``limit`` tokens is refused before the tokenizer's work."""
-    least = sum(model.fewest_tokens(p) if isinstance(p, str) else 1 for p in ([prompt] if isinstance(prompt, str) else prompt))
+    parts = [prompt] if isinstance(prompt, str) else prompt
+    least = sum(model.fewest_tokens(p) if isinstance(p, str) else 1 for p in parts)
     if least >= limit:
         raise CompatError("prompt", str(PromptTooLong(least, limit, at_least=True)), ErrorKind.CONTEXT_LENGTH)
     if isinstance(prompt, str):
@@ -484,7 +486,8 @@ MAX_TOKEN_EMBEDDING_NUMBERS = 1 << 24  # per request: a 4096-token input of a 40
 def token_embeddings(served, body: Any, cancel: Cancellation) -> list[dict]:
     """``/embedding`` with ``--pooling none``: per input, each token's hidden state, unnormalised
     (as llama-server gives them; ``embd_normalize`` applies to pooled vectors only)."""
-    inputs = [tokenize_prompt(served.model, p, served.embedder().n_ctx + 1) for p in prompts(embedding_request(body)["input"])]
+    limit = served.embedder().n_ctx + 1
+    inputs = [tokenize_prompt(served.model, p, limit) for p in prompts(embedding_request(body)["input"])]
     numbers = sum(map(len, inputs)) * served.model.info.n_embd
     if numbers > MAX_TOKEN_EMBEDDING_NUMBERS:
         raise CompatError("content", f"the answer would hold {numbers} numbers (tokens × {served.model.info.n_embd} "

@@ -193,7 +193,8 @@ class Engine(Resource):
             # (requests pinned to a sequence wait in a queue of their own: they must not fill the
             # others' while a sequence is free)
             pinned = request.slot is not None
-            if refusal is None and sum((h.request.slot is not None) == pinned for h in self._waiting) >= self.config.queue_size:
+            queued = sum((h.request.slot is not None) == pinned for h in self._waiting)
+            if refusal is None and queued >= self.config.queue_size:
                 refusal = QueueFull(self.config.queue_size)
             if refusal is not None:
                 handle._sampler.close()

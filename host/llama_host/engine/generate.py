@@ -33,7 +33,8 @@ class Generation:
     def __iter__(self) -> Iterator[int]:
         ctx, model = self.ctx, self.ctx.model
         ctx.clear()
-        with Sampler(model, self.params, context=ctx.n_ctx, prompt=self.prompt) as sampler, Batch(ctx.n_batch) as batch:
+        sampler = Sampler(model, self.params, context=ctx.n_ctx, prompt=self.prompt)
+        with sampler, Batch(ctx.n_batch) as batch:
             pos = 0
             for start in range(0, len(self.prompt), ctx.n_batch):
                 batch.clear()

@@ -73,8 +73,8 @@ class Sampler(Resource):
     ``sample`` also feeds the chosen token back into stateful samplers (penalties, grammar).
     ``ban`` adds tokens that must never be chosen (end-of-generation tokens for ignore_eos).
     ``prompt``: the tokens before the first draw, which the penalties and DRY count as
-    llama-server's do. ``context`` is the sequence's context size: the penalties' window never exceeds it (llama.cpp
-    allocates the window up front, so a client's 2^31 would be 8 GiB per request); so is DRY's.
+    llama-server's do. ``context`` is the sequence's context size: no penalty or DRY window
+    exceeds it (llama.cpp allocates a window up front: a client's 2^31 would be 8 GiB).
 
     With a grammar, sampling is llama-server's (common_sampler_sample): the chain draws a token
     without the grammar, then the grammar checks only that token; only when it refuses does the
