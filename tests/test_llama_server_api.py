@@ -133,6 +133,7 @@ def test_typical_p_narrows_sampling_and_samplers_can_leave_it_out(http):
     ({"mirostat": 1, "mirostat_tau": 1.0, "mirostat_eta": 0.5}, None),
     ({"xtc_probability": 1.0, "xtc_threshold": 0.001}, "x"),
     ({"top_n_sigma": 0.5}, "s"),
+    ({"dynatemp_range": 1.4, "dynatemp_exponent": 2.0}, None),
     # (greedy: the random model loops, and DRY, like the penalties, acts before the draw)
     ({"temperature": 0, "dry_multiplier": 5.0, "dry_allowed_length": 1, "dry_base": 3.0, "dry_sequence_breakers": []}, "d"),
 ])

@@ -413,6 +413,8 @@ fn logprobRequest(api: Api, request: Object, job: *Job) fields.Invalid!void {
 fn moreSamplers(request: Object, md: *std.json.ObjectMap) fields.Invalid!void {
     const numbers = [_]struct { []const u8, []const u8, f64, f64 }{
         .{ "top_n_sigma", "top-n-sigma", -1e6, 1e6 },
+        .{ "dynatemp_range", "dynatemp-range", 0, 1e6 },
+        .{ "dynatemp_exponent", "dynatemp-exponent", 0, 1e6 },
         .{ "xtc_probability", "xtc-probability", 0, 1 },
         .{ "xtc_threshold", "xtc-threshold", 0, 1 },
         .{ "mirostat_tau", "mirostat-tau", 0, 1e6 },

@@ -67,6 +67,8 @@ METADATA_KEYS: dict[str, str] = {
     "min-p": _FLOAT,
     "typical-p": _FLOAT,
     "top-n-sigma": _FLOAT,
+    "dynatemp-range": _FLOAT,
+    "dynatemp-exponent": _FLOAT,
     "xtc-probability": _FLOAT,
     "xtc-threshold": _FLOAT,
     "mirostat": _INT,

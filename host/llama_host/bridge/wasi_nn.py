@@ -361,6 +361,8 @@ class NnSession:
                 min_p=md.get("min-p", _DEFAULTS.min_p),
                 typical_p=md.get("typical-p", _DEFAULTS.typical_p),
                 top_n_sigma=md.get("top-n-sigma", _DEFAULTS.top_n_sigma),
+                dynatemp_range=md.get("dynatemp-range", _DEFAULTS.dynatemp_range),
+                dynatemp_exponent=md.get("dynatemp-exponent", _DEFAULTS.dynatemp_exponent),
                 xtc_probability=md.get("xtc-probability", _DEFAULTS.xtc_probability),
                 xtc_threshold=md.get("xtc-threshold", _DEFAULTS.xtc_threshold),
                 mirostat=md.get("mirostat", _DEFAULTS.mirostat),

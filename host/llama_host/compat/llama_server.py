@@ -28,13 +28,14 @@ from llama_host.errors import ErrorKind, PromptTooLong
 
 # Keys /completion passes on as they are: the guest reads llama-server's names.
 SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "repeat_last_n",
-            "presence_penalty", "frequency_penalty", "seed", "stop", "ignore_eos", "logit_bias", "grammar", "json_schema",
-            "model",
-            "top_n_sigma", "xtc_probability", "xtc_threshold", "mirostat", "mirostat_tau", "mirostat_eta",
-            "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers")
+            "presence_penalty", "frequency_penalty", "seed", "stop", "ignore_eos", "logit_bias", "grammar",
+            "json_schema", "model", "top_n_sigma", "dynatemp_range", "dynatemp_exponent", "xtc_probability",
+            "xtc_threshold", "mirostat", "mirostat_tau", "mirostat_eta", "dry_multiplier", "dry_base",
+            "dry_allowed_length", "dry_penalty_last_n", "dry_sequence_breakers")
 # Keys only llama-server's /completion has: a body with one of them at /completions is llama-server's.
 NATIVE = ("n_predict", "n_probs", "cache_prompt", "id_slot", "samplers", "return_tokens", "response_fields",
-          "timings_per_token", "n_keep", "n_indent", "t_max_predict_ms", "dry_multiplier", "xtc_probability", "typical_p", "mirostat")
+          "timings_per_token", "n_keep", "n_indent", "t_max_predict_ms", "dry_multiplier", "xtc_probability",
+          "typical_p", "mirostat")
 
 
 def _is_token(t: Any) -> bool:
@@ -351,7 +352,8 @@ def default_settings(served, defaults: dict) -> dict:
         "frequency_penalty": defaults.get("frequency-penalty", d.frequency_penalty),
         "stop": [defaults["reverse-prompt"]] if "reverse-prompt" in defaults else [], "max_tokens": n_predict,
         "ignore_eos": False, "stream": False, "n_probs": 0, "grammar": "", "samplers": SAMPLER_ORDER,
-        "timings_per_token": False, "top_n_sigma": d.top_n_sigma, "xtc_probability": d.xtc_probability,
+        "timings_per_token": False, "dynatemp_range": d.dynatemp_range, "dynatemp_exponent": d.dynatemp_exponent,
+        "top_n_sigma": d.top_n_sigma, "xtc_probability": d.xtc_probability,
         "xtc_threshold": d.xtc_threshold, "mirostat": d.mirostat, "mirostat_tau": d.mirostat_tau,
         "mirostat_eta": d.mirostat_eta, "dry_multiplier": d.dry_multiplier, "dry_base": d.dry_base,
         "dry_allowed_length": d.dry_allowed_length, "dry_penalty_last_n": d.dry_penalty_last_n,

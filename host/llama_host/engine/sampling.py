@@ -37,6 +37,8 @@ class SamplingParams:
     top_p: float = 0.95  # 1.0: off
     min_p: float = 0.05  # 0.0: off
     typical_p: float = 1.0  # 1.0: off
+    dynatemp_range: float = 0.0  # > 0: the temperature moves within temperature ± range with the entropy
+    dynatemp_exponent: float = 1.0
     top_n_sigma: float = -1.0  # <= 0: off
     xtc_probability: float = 0.0  # 0: off
     xtc_threshold: float = 0.1  # (> 0.5: off)
@@ -130,7 +132,7 @@ class Sampler(Resource):
         if p.greedy:
             post.append(C.llama_sampler_init_greedy())
         elif p.mirostat in (1, 2):
-            post.append(C.llama_sampler_init_temp(p.temperature))
+            post.append(_temperature(p))
             post.append(C.llama_sampler_init_mirostat(model.n_vocab, seed, p.mirostat_tau, p.mirostat_eta, 100)
                         if p.mirostat == 1 else C.llama_sampler_init_mirostat_v2(seed, p.mirostat_tau, p.mirostat_eta))
         else:
@@ -146,7 +148,7 @@ class Sampler(Resource):
                 post.append(C.llama_sampler_init_min_p(p.min_p, 1))
             if p.xtc_probability > 0:
                 post.append(C.llama_sampler_init_xtc(p.xtc_probability, p.xtc_threshold, 1, seed))
-            post.append(C.llama_sampler_init_temp(p.temperature))
+            post.append(_temperature(p))
             post.append(C.llama_sampler_init_dist(seed))
         if grammar is None:
             self._ptr = _chain(pre + post)
@@ -260,6 +262,13 @@ class Sampler(Resource):
             if sampler:
                 C.llama_sampler_free(sampler)
                 setattr(self, name, None)
+
+
+def _temperature(p: SamplingParams) -> ctypes.c_void_p:
+    """Temperature, dynamic (moving with the distribution's entropy) when ``dynatemp_range`` is set."""
+    if p.dynatemp_range > 0:
+        return C.llama_sampler_init_temp_ext(p.temperature, p.dynatemp_range, p.dynatemp_exponent)
+    return C.llama_sampler_init_temp(p.temperature)
 
 
 def _chain(samplers: list) -> ctypes.c_void_p:
