@@ -133,6 +133,11 @@ def test_text_format_json_schema_constrains_the_output(oai):
     ({"input": 5}, "input"),
     ({"max_output_tokens": "ten"}, "max_output_tokens"),
     ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
+    ({"text": {"format": {"type": "json_schema", "name": "x" * 65, "schema": {}}}}, "text.format.name"),
+    # (metadata is kept with the answer: OpenAI's 16 string pairs; 15 MB of [] once held 350 MB each)
+    ({"metadata": {"k": [[]] * 1000}}, "metadata"),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+    ({"metadata": {"k": "v" * 513}}, "metadata"),
 ])
 def test_what_cannot_be_honoured_is_a_400_naming_its_field(oai, extra, param):
     with pytest.raises(openai.BadRequestError) as e:
@@ -143,6 +148,29 @@ def test_what_cannot_be_honoured_is_a_400_naming_its_field(oai, extra, param):
 def test_responses_are_served_without_the_v1_prefix_too(server):
     r = httpx.post(server.url + "/responses", json={"model": "plain", "input": USER, "max_output_tokens": 2}, timeout=60)
     assert r.status_code == 200 and r.json()["object"] == "response"
+
+
+def test_a_stored_answer_echoes_what_was_understood_not_what_was_sent(oai):
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}
+    r = oai.responses.create(model="plain", input=USER, max_output_tokens=2, metadata={"user": "u1"},
+                             text={"format": {"type": "json_object"}, "junk": "x" * 1000},
+                             reasoning={"effort": "low", "junk": [1] * 1000}, tools=[{**tool, "junk": [1] * 1000}])
+    for answer in (r, oai.responses.retrieve(r.id)):
+        assert answer.metadata == {"user": "u1"} and answer.text.format.type == "json_object"
+        assert [t.model_dump(exclude_none=True) for t in answer.tools] == [tool]
+        assert answer.model_dump(exclude_none=True)["text"] == {"format": {"type": "json_object"}}
+        assert answer.model_dump(exclude_none=True)["reasoning"] == {"effort": "low"}
+
+
+@pytest.mark.parametrize("path", ["/v1/messages", "/v1/responses", "/embeddings", "/tokenize"])  # (/completions: the guest)
+def test_a_body_of_millions_of_arrays_is_refused_before_the_host_parses_it(server, path):
+    # orjson holds the GIL while it parses: 5 million [] on these routes stopped every client 3-6 s
+    body = b'{"model": "plain", "max_tokens": 1, "messages": [], "content": "x", "metadata": {"k": [' + \
+        b"[]," * (1 << 20) + b"[]]}}"
+    r = httpx.post(server.url + path, content=body, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 400, r.text[:300]
+    assert "more than 1048576 arrays and objects" in json.dumps(r.json()), r.text[:300]
+    assert server.healthy()
 
 
 def test_store_false_keeps_nothing(oai):

@@ -44,6 +44,7 @@ class ServedModel:
         model = Model(preload_path, **model_args)
         try:
             engine = Engine(model, config)
+            model.fewest_tokens("")  # (its vocabulary pass happens here, not in the first request: ~1 s at 262k)
         except BaseException:
             model.close()
             raise

@@ -59,6 +59,20 @@ class Store:
 STORE = Store()
 
 
+MAX_METADATA = 16  # OpenAI's bounds: pairs, key characters, value characters
+MAX_METADATA_KEY, MAX_METADATA_VALUE = 64, 512
+
+
+def _metadata(body: dict) -> dict[str, str]:
+    """``metadata``: up to 16 string pairs, as OpenAI takes them (it is kept with the answer)."""
+    metadata = field(body, "metadata", dict, {})
+    if len(metadata) > MAX_METADATA or not all(
+            isinstance(v, str) and len(k) <= MAX_METADATA_KEY and len(v) <= MAX_METADATA_VALUE for k, v in metadata.items()):
+        raise CompatError("metadata", f"'metadata' holds up to {MAX_METADATA} pairs of strings: keys of at most "
+                                      f"{MAX_METADATA_KEY} characters, values of at most {MAX_METADATA_VALUE}")
+    return metadata
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
@@ -154,6 +168,11 @@ def _tool_choice(value: Any) -> Any:
     return value
 
 
+def _echoed_choice(choice: Any) -> Any:
+    """A chat tool_choice in the Responses shape (a named function is flat there)."""
+    return {"type": "function", "name": choice["function"]["name"]} if isinstance(choice, dict) else choice
+
+
 def _response_format(text: dict) -> dict | None:
     fmt = field(text, "format", dict)
     if fmt is None or fmt.get("type") == "text":
@@ -163,7 +182,9 @@ def _response_format(text: dict) -> dict | None:
     if fmt.get("type") == "json_schema":
         if not isinstance(fmt.get("schema"), dict):
             raise CompatError("text.format.schema", "'text.format.schema' is required: a JSON schema (an object)")
-        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
+        if not isinstance(fmt.get("name", ""), str) or len(fmt.get("name", "")) > 64:
+            raise CompatError("text.format.name", "'text.format.name' must be a string of at most 64 characters")
+        schema = {k: fmt[k] for k in ("name", "schema", "strict") if k in fmt}
         return {"type": "json_schema", "json_schema": schema}
     raise CompatError("text.format.type", "'text.format.type' must be text, json_object or json_schema")
 
@@ -204,17 +225,22 @@ def chat_request(body: Any) -> dict:
         chat["tool_choice"] = _tool_choice(body["tool_choice"])
     if (parallel := field(body, "parallel_tool_calls", bool)) is not None:
         chat["parallel_tool_calls"] = parallel
-    if (fmt := _response_format(field(body, "text", dict, {}))) is not None:
+    text = field(body, "text", dict, {})
+    if (fmt := _response_format(text)) is not None:
         chat["response_format"] = fmt
-    if (effort := field(field(body, "reasoning", dict, {}), "effort", str)) is not None:
+    reasoning = field(body, "reasoning", dict, {})
+    if (effort := field(reasoning, "effort", str)) is not None:
         chat["reasoning_effort"] = effort
     chat.update(streaming(body))
+    # (what the answer echoes is what was understood, not what was sent: it is stored with the answer)
     chat["_echo"] = {
         "instructions": instructions, "previous_response_id": previous, "store": field(body, "store", bool, True),
-        "metadata": field(body, "metadata", dict, {}), "tools": tools or [], "tool_choice": body.get("tool_choice", "auto"),
-        "parallel_tool_calls": True if parallel is None else parallel, "text": field(body, "text", dict) or {"format": {"type": "text"}},
+        "metadata": _metadata(body), "tools": [{"type": "function", **t["function"]} for t in chat.get("tools", [])],
+        "tool_choice": _echoed_choice(chat.get("tool_choice", "auto")),
+        "parallel_tool_calls": True if parallel is None else parallel,
+        "text": {"format": {"type": "text"} if fmt is None else {"type": fmt["type"], **fmt.get("json_schema", {})}},
         "temperature": chat.get("temperature", 1.0), "top_p": chat.get("top_p", 1.0), "max_output_tokens": chat.get("max_tokens"),
-        "reasoning": field(body, "reasoning", dict) or {"effort": None, "summary": None},
+        "reasoning": {"effort": effort, "summary": field(reasoning, "summary", str)},
     }
     chat["_conversation"] = conversation
     return chat

@@ -241,7 +241,12 @@ class Model(Resource):
         too long for a context by this count is refused without the tokenizer's work, which
         grows with the square of the special tokens in it."""
         n = len(text.encode("utf-8")) if isinstance(text, str) else len(text)
-        return -(-n // max(1, self._pieces[1]))
+        return -(-n // max(1, self._longest_piece))
+
+    @functools.cached_property
+    def _longest_piece(self) -> int:
+        """Bytes of the longest token text (special tokens as text); read once, kept as a number."""
+        return max((len(self._read_piece(t, True)) for t in range(self.n_vocab)), default=1)
 
     def piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes of one token. A piece may be part of a UTF-8 character (byte tokens), so
