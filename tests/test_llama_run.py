@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,25 @@ def test_guest_exit_code_is_returned(greedy_wasm, model_path):
     assert proc.returncode == 103
     proc = llama_run("--nn-preload", f"default:GGML:CPU:{model_path('tiny')}", str(greedy_wasm))  # no prompt
     assert proc.returncode == 64
+
+
+def test_ctrl_c_stops_the_generation_at_once(tmp_path, model_path):
+    # (the main thread waited in the host call for the whole generation: Ctrl-C took effect at its end)
+    long = tmp_path / "long.wasm"
+    metadata = '{"temp": 0.0, "n-predict": 7000, "ignore-eos": true}'
+    long.write_bytes(wasmtime.wat2wasm(GUEST.read_text()
+                                       .replace('{\\"temp\\": 0.0, \\"n-predict\\": 16}', metadata.replace('"', '\\"'))
+                                       .replace("(i32.const 256) (i32.const 30)", f"(i32.const 256) (i32.const {len(metadata)})")))
+    proc = subprocess.Popen([sys.executable, "-m", "llama_host.llama_run", "--nn-preload",
+                             f"default:GGML:CPU:{model_path('tiny')}", "--threads", "1", "--ctx-size", "8192",
+                             str(long), "Once upon"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(3)
+    assert proc.poll() is None, proc.stderr.read().decode()  # (still generating)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and b"llama-run: interrupted" in err, err.decode()
+    assert time.monotonic() - started < 10
 
 
 @pytest.mark.parametrize(

@@ -297,6 +297,27 @@ def test_close_and_template_file(model_path, tmp_path):
         llm.n_ctx()
 
 
+def test_close_during_a_call_fails_that_call_instead_of_cutting_its_answer(model_path):
+    # (the cut answer came back as a normal one: finish_reason "stop", 57 of 1500 tokens)
+    llm = Llama(model_path("tiny"), n_ctx=2048, verbose=False)
+    outcome: list = []
+
+    def call():
+        try:
+            outcome.append(llm.create_completion("hello", max_tokens=1500, ignore_eos=True))
+        except APIError as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    while not llm.stats().busy_sequences and worker.is_alive():
+        time.sleep(0.01)
+    llm.close()
+    worker.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], APIError), outcome
+    assert outcome[0].status == 503, outcome[0]
+
+
 def test_constructor_errors(model_path, tmp_path):
     tiny = str(model_path("tiny"))
     with pytest.raises(FileNotFoundError, match="not found"):

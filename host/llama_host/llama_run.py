@@ -13,10 +13,12 @@ import argparse
 import logging
 import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
-from llama_host.bridge.runner import GuestLoadError, GuestRunner, RunnerConfig
-from llama_host.engine import EngineConfig
+from llama_host.bridge.runner import GuestLoadError, GuestRunner, RunnerConfig, RunResult
+from llama_host.engine import Cancellation, EngineConfig
 from llama_host.preload import PreloadError, parse_preloads
 from llama_host.registry import LoadError, ModelRegistry
 
@@ -45,6 +47,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interruptible(run: Callable[[Cancellation], RunResult]) -> RunResult | None:
+    """``run`` in a thread of its own, so that Ctrl-C is seen at once (the main thread would only
+    see it after the host call it waits in, a whole generation): then the generation is
+    cancelled, the guest ends, and the answer is None. A second Ctrl-C ends the process."""
+    cancel = Cancellation()
+    done: list[RunResult] = []
+    worker = threading.Thread(target=lambda: done.append(run(cancel)), name="guest", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.1)
+    except KeyboardInterrupt:
+        cancel.set()
+        try:
+            worker.join()
+        except KeyboardInterrupt:
+            os._exit(130)
+        return None
+    return done[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("LLAMA_LOG", "WARNING").upper(), stream=sys.stderr,
@@ -70,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
             except GuestLoadError as e:
                 print(f"llama-run: error: {args.wasm}: {e}", file=sys.stderr)
                 return 2
-            result = runner.run(guest, argv=[os.path.basename(args.wasm), *args.args], env=dict(args.env),
-                                dirs=args.dir, inherit_stdio=True, allow_host_paths=True)
+            result = _interruptible(lambda cancel: runner.run(
+                guest, argv=[os.path.basename(args.wasm), *args.args], env=dict(args.env), dirs=args.dir,
+                inherit_stdio=True, allow_host_paths=True, cancel=cancel))
+            if result is None:
+                print("llama-run: interrupted", file=sys.stderr)
+                return 130
     if result.trap:
         print(f"llama-run: the guest was stopped: {result.trap}", file=sys.stderr)
         return 134

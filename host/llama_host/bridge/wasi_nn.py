@@ -403,7 +403,7 @@ class NnSession:
 
     def _finished(self, ctx: ExecContext, result: Result, *, single: bool) -> Errno:
         ctx.result = result
-        if result.finish_reason is FinishReason.ERROR:
+        if result.finish_reason is FinishReason.ERROR or result.error is not None:  # (also: the engine closed under it)
             self.failure = result.error
             raise NnError(Errno.RUNTIME_ERROR, str(result.error))
         if result.context_full:
