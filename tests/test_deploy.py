@@ -474,7 +474,11 @@ def test_the_proxy_answers_its_own_routes(cluster):
                    headers={"Content-Type": "application/json"}, timeout=60)
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
     assert _chat(proxy, "logged").status_code == 200
-    assert re.search(r'session="logged" upstream=127\.0\.0\.1:\d+ upstream_status=200', proxy.log("access.log"))
+    line = r'session="logged" upstream=127\.0\.0\.1:\d+ upstream_status=200'
+    deadline = time.monotonic() + 10  # (nginx writes the line once the answer is out: the client may be first)
+    while not re.search(line, proxy.log("access.log")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert re.search(line, proxy.log("access.log")), proxy.log("access.log")
 
 
 def test_a_session_moves_when_its_replica_goes(model_path, nginx_dir):
