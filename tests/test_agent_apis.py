@@ -61,6 +61,7 @@ def test_a_response_is_the_chat_completion_of_the_same_conversation(oai):
     assert r.output_text == want.choices[0].message.content
     assert r.usage.input_tokens == want.usage.prompt_tokens and r.usage.output_tokens == want.usage.completion_tokens
     assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.output[-1].status == "incomplete"  # (the message it cut, as OpenAI marks it)
     assert (r.instructions, r.max_output_tokens, r.model) == (SYSTEM, 8, "plain")
     # input as items, content as parts: the same prompt
     items = oai.responses.create(model="plain", instructions=SYSTEM, max_output_tokens=8, **GREEDY, input=[
@@ -105,6 +106,7 @@ def test_streamed_events_are_responses_typed_sequence(oai):
         final = events[-1].response
         assert final.output_text == text == events[-4].text == want.choices[0].message.content
         assert final.status == status and final.usage.output_tokens == want.usage.completion_tokens
+        assert final.output[-1].status == events[-2].item.status == status
 
     with oai.responses.stream(model="hermes", input=USER, tools=[RESPONSES_TOOL], tool_choice="required",
                               parallel_tool_calls=False, max_output_tokens=300, temperature=1.0, extra_body={"seed": 3}) as stream:
@@ -134,6 +136,10 @@ def test_text_format_json_schema_constrains_the_output(oai):
     ({"max_output_tokens": "ten"}, "max_output_tokens"),
     ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format.schema"),
     ({"text": {"format": {"type": "json_schema", "name": "x" * 65, "schema": {}}}}, "text.format.name"),
+    # (the guest checks the chat request they become: its errors name the Responses fields)
+    ({"max_output_tokens": 0}, "max_output_tokens"),
+    ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
+    ({"input": []}, "input"),
     # (metadata is kept with the answer: OpenAI's 16 string pairs; 15 MB of [] once held 350 MB each)
     ({"metadata": {"k": [[]] * 1000}}, "metadata"),
     ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),

@@ -304,8 +304,8 @@ def response(chat: dict, answer: dict, _seconds: float) -> dict:
     output = []
     if message.get("reasoning_content"):
         output.append(_reasoning_item(message["reasoning_content"]))
-    if message.get("content"):
-        output.append(_message_item(message["content"]))
+    if message.get("content"):  # (a message max_output_tokens cut is incomplete, as OpenAI marks it)
+        output.append(_message_item(message["content"], "incomplete" if choice["finish_reason"] == "length" else "completed"))
     output += [_call_item(call) for call in message.get("tool_calls") or []]
     result = _response(chat, _new_id("resp"), answer["created"], answer["model"], output, choice["finish_reason"],
                        answer.get("usage"))
@@ -413,8 +413,8 @@ class ResponseStream:
         else:
             out += self._send("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                               arguments=item["arguments"])
-        if "status" in item:
-            item["status"] = "completed"
+        if "status" in item:  # (self.finish is known only when the last item closes)
+            item["status"] = "incomplete" if item["type"] == "message" and self.finish == "length" else "completed"
         return out + self._send("response.output_item.done", output_index=index, item=item)
 
     def _finish(self) -> bytes:
@@ -434,6 +434,25 @@ def retrieve(response_id: str) -> dict | None:
 
 
 # (also without /v1, as llama-server serves it)
-ENDPOINTS = [*(Endpoint(path, "POST", "chat", chat_request, response, stream=ResponseStream)
+# The chat request's fields an error may name, as the Responses request calls them.
+PARAMS = {"max_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort",
+          "response_format": "text.format", "response_format.json_schema": "text.format",
+          "response_format.json_schema.schema": "text.format.schema"}
+
+
+def error(_status: int, body: dict) -> dict:
+    """An error in OpenAI's shape, naming the Responses field the guest's chat field came from."""
+    param = (body.get("error") or {}).get("param")
+    if not isinstance(param, str):
+        return body
+    head = param.split("[", 1)[0]
+    if head == "messages":  # (the instructions come first there: an index would point elsewhere)
+        renamed = "input"
+    else:
+        renamed = PARAMS[head] + param[len(head):] if head in PARAMS else param
+    return {**body, "error": {**body["error"], "param": renamed}}
+
+
+ENDPOINTS = [*(Endpoint(path, "POST", "chat", chat_request, response, stream=ResponseStream, error=error)
                for path in ("/v1/responses", "/responses")),
              Endpoint("/v1/responses/input_tokens", "POST", "apply-template", chat_request, input_tokens, count_tokens=True)]
