@@ -229,6 +229,13 @@ def test_streamed_events_are_anthropics(server, claude):
     assert events[0].type == "message_start" and events[-1].type == "message_stop"
     assert final.stop_reason == "tool_use" and final.content[-1].type == "tool_use"
     assert final.usage.output_tokens > 0
+    # message_start tells the input tokens, as Anthropic's does (it said 0; clients read it there)
+    whole = claude.messages.create(model="plain", max_tokens=3, messages=[{"role": "user", "content": USER}])
+    with claude.messages.stream(model="plain", max_tokens=3, messages=[{"role": "user", "content": USER}]) as stream:
+        start = next(iter(stream))
+    used = start.message.usage
+    assert used.input_tokens + used.cache_read_input_tokens == whole.usage.input_tokens + whole.usage.cache_read_input_tokens
+    assert used.input_tokens > 0
     body = {"model": "plain", "max_tokens": 5, "stream": True, "messages": [{"role": "user", "content": USER}]}
     with httpx.stream("POST", server.url + "/v1/messages", json=body, timeout=60) as r:
         kinds = [line.removeprefix("event: ") for line in r.iter_lines() if line.startswith("event: ")]

@@ -167,6 +167,17 @@ def test_token_ids_are_the_tokens_llama_cpp_python_generates(server, oracle):
     assert [e["logprob"] for e in entries] == choice["logprobs"]["token_logprobs"]
 
 
+def test_continuous_usage_stats_put_the_counts_so_far_in_every_chunk(server):
+    """vLLM's stream option: each chunk's usage is the counts so far; the last usage is the answer's."""
+    chunks = list(server.client().chat.completions.create(
+        model="default", messages=M, max_tokens=6, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"stream_options": {"continuous_usage_stats": True}}))
+    usages = [c.usage for c in chunks]
+    assert all(u is not None for u in usages) and len({u.prompt_tokens for u in usages}) == 1
+    counts = [u.completion_tokens for u in usages]
+    assert counts == sorted(counts) and counts[-1] == 6 and counts[0] <= 1
+
+
 def test_streamed_token_ids_are_the_whole_answers(server):
     client = server.client()
     for args in (dict(messages=M), dict(prompt=PROMPT)):

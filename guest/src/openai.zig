@@ -32,6 +32,7 @@ const Job = struct {
     metadata: std.json.ObjectMap,
     stream: bool = false,
     include_usage: bool = false,
+    continuous_usage: bool = false, // every chunk carries the usage so far (vLLM's continuous_usage_stats)
     echo: bool = false, // completions: the prompt is prepended to the text
     grammar_param: ?[]const u8 = null, // the field a grammar the host refuses came from
     logprobs: bool = false, // the answer carries log-probabilities
@@ -259,6 +260,7 @@ fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer
                 if (job.logprobs and c.echo != null)
                     c.prompt_entries = logprobs.read(gpa, c.ctx, .prompt, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure);
                 if (job.stream) {
+                    if (job.continuous_usage) c.usage = try Usage.readSingle(gpa, c.ctx);
                     const lp = if (c.echo != null and job.logprobs) try answer.chunkLogprobs(c.prompt_entries, &c.offset) else null;
                     try answer.chunk(c, if (answer.api == .completion) (c.echo orelse "") else "", true, null, lp);
                 }
@@ -271,6 +273,7 @@ fn runChoices(gpa: Allocator, choices: []Choice, job: *const Job, answer: Answer
                 else
                     &.{};
                 if (job.token_ids) try c.token_ids.appendSlice(readTokenIds(gpa, c.ctx, true) catch |err| return jobFailure(gpa, err, job, answer.api, failure));
+                if (job.continuous_usage) c.usage = try Usage.readSingle(gpa, c.ctx); // (the counts so far)
                 const d = try c.take(piece);
                 if (!job.stream) {
                     try c.gather(d);
@@ -382,7 +385,8 @@ fn validate(gpa: Allocator, api: Api, cfg: config.Config, request: Object, failu
 
     job.stream = (try request.boolean("stream")) orelse false;
     if (try request.object("stream_options")) |opts| {
-        job.include_usage = (try opts.boolean("include_usage")) orelse false;
+        job.continuous_usage = (try opts.boolean("continuous_usage_stats")) orelse false;
+        job.include_usage = ((try opts.boolean("include_usage")) orelse false) or job.continuous_usage;
     }
     return job;
 }
@@ -665,6 +669,7 @@ const Answer = struct {
     model: []const u8,
     fingerprint: []const u8,
     include_usage: bool,
+    continuous_usage: bool,
     logprobs: bool,
     chat_logprobs: bool, // completions: log-probabilities in chat's shape
     token_ids: bool, // choices carry `token_ids`
@@ -680,6 +685,7 @@ const Answer = struct {
             .model = job.model_id,
             .fingerprint = cfg.system_fingerprint,
             .include_usage = job.include_usage,
+            .continuous_usage = job.continuous_usage,
             .logprobs = job.logprobs,
             .chat_logprobs = job.chat_logprobs,
             .token_ids = job.token_ids,
@@ -789,7 +795,7 @@ const Answer = struct {
                 .delta = Delta{ .content = if (d.content.len > 0 or d.reasoning.len == 0) d.content else null, .reasoning = d.reasoning },
                 .logprobs = lp,
                 .finish_reason = null,
-            }, .{ .token_ids = try self.takeIds(c) })}, null, .{});
+            }, .{ .token_ids = try self.takeIds(c) })}, self.liveUsage(c), .{});
         }
         for (d.calls, 0..) |call, k| {
             const index = c.calls.items.len + k;
@@ -883,6 +889,11 @@ const Answer = struct {
         }
     }
 
+    /// With continuous_usage_stats, the choice's usage so far for each of its chunks.
+    fn liveUsage(self: Answer, c: *const Choice) ?Usage {
+        return if (self.continuous_usage) c.usage else null;
+    }
+
     /// A whole choice's extras.
     fn choiceExtra(self: Answer, c: *const Choice) ChoiceExtra {
         return .{ .stop_word = c.stopWord(), .token_ids = if (self.token_ids) c.token_ids.items else null };
@@ -894,7 +905,7 @@ const Answer = struct {
     /// A chat delta chunk (`role` only in the first), a completion text chunk, or (`end`) a
     /// choice's last chunk, which carries llama-server's `timings` as its last chunk does.
     fn chunk(self: Answer, c: *Choice, text: []const u8, first: bool, end: ?End, lp: ?Value) reply.EmitError!void {
-        const usage: ?Usage = null;
+        const usage = self.liveUsage(c);
         const extra = ChoiceExtra{ .stop_word = if (end) |e| e.stop_word else null, .token_ids = try self.takeIds(c) };
         const answer_extra = if (end) |e| self.answerExtra(e.usage) else AnswerExtra{};
         switch (self.api) {

@@ -466,7 +466,7 @@ class NnSession:
             "llama_build_number": LLAMA_BUILD[0],
             "llama_commit": LLAMA_BUILD[1],
             # llama-host additions
-            "cached_tokens": result.cached_tokens if result else 0,
+            "cached_tokens": result.cached_tokens if result else ctx.handle.cached_tokens if ctx.handle else 0,
             "finish_reason": result.finish_reason.value if result else None,
             "context_full": result.context_full if result else False,
             "stop_word": result.stop if result else None,

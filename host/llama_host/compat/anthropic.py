@@ -169,6 +169,8 @@ def _conversation(body: dict) -> dict:
             raise CompatError("stop_sequences", "'stop_sequences' must be a list of strings")
         chat["stop"] = stop
     chat.update(streaming(body))
+    if "stream_options" in chat:  # (message_start tells the input tokens: every chunk says them)
+        chat["stream_options"]["continuous_usage_stats"] = True
     return chat
 
 
@@ -245,7 +247,7 @@ class MessageStream:
             self.started = True
             message = {"id": "msg_" + secrets.token_hex(12), "type": "message", "role": "assistant",
                        "model": chunk.get("model", self.chat.get("model", "")), "content": [], "stop_reason": None,
-                       "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}
+                       "stop_sequence": None, "usage": _usage(chunk.get("usage"))}
             out += [typed_event("message_start", {"message": message}), typed_event("ping", {})]
         if chunk.get("usage"):
             self.usage = chunk["usage"]

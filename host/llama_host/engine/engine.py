@@ -421,6 +421,7 @@ class Engine(Resource):
         slot.admitted_at = time.monotonic()
         slot.logprobs = []
         slot.prompt_logprobs = [None] if handle.request.prompt_logprobs else None
+        handle.cached_tokens = keep
         self._stats.add(cached_tokens=keep)
 
     def _keep_state(self, slot: _Slot) -> bool:

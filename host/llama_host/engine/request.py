@@ -76,6 +76,7 @@ class RequestHandle:
         self._sampler = None  # built at submit, owned by the engine
         # request.prompt_logprobs: per prompt token (the first has none), set before the first output
         self.prompt_logprobs: tuple[TokenLogprob | None, ...] = ()
+        self.cached_tokens = 0  # prompt tokens reused from the KV cache, set when it gets a sequence
 
     # --- consumer side ----------------------------------------------------------------------
 
