@@ -69,6 +69,14 @@ def test_a_response_is_the_chat_completion_of_the_same_conversation(oai):
     assert items.output_text == r.output_text and items.usage.input_tokens == r.usage.input_tokens
 
 
+def test_an_assistant_message_last_in_the_input_is_history_not_a_prefill(oai):
+    history = [{"role": "user", "content": USER}, {"role": "assistant", "content": "Let me think."}]
+    want = chat(oai, history, extra_body={"add_generation_prompt": True})  # (a new assistant turn)
+    r = oai.responses.create(model="plain", input=history, max_output_tokens=8, **GREEDY)
+    assert r.output_text == want.choices[0].message.content
+    assert r.usage.input_tokens == want.usage.prompt_tokens != chat(oai, history).usage.prompt_tokens
+
+
 def test_a_function_call_round_trip_in_full_and_through_previous_response_id(oai):
     first = oai.responses.create(model="hermes", input=USER, tools=[RESPONSES_TOOL], tool_choice="required",
                                  parallel_tool_calls=False, max_output_tokens=300, temperature=1.0, extra_body={"seed": 2})

@@ -209,7 +209,8 @@ def chat_request(body: Any) -> dict:
     conversation = history + _messages(body["input"])
     instructions = field(body, "instructions", str)
     messages = ([{"role": "system", "content": instructions}] if instructions else []) + conversation
-    chat: dict = {"messages": messages}
+    # (an assistant message last in the input is history, a turn to answer after: not continued)
+    chat: dict = {"messages": messages, "add_generation_prompt": True}
     if (model := field(body, "model", str)) is not None:  # (absent: the first model)
         chat["model"] = model
     if (n := field(body, "max_output_tokens", int)) is not None:
