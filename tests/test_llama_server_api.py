@@ -193,6 +193,8 @@ def test_id_slot_runs_the_request_on_that_slot(http):
     chat = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
                                                   "id_slot": 0}).json()
     assert chat["id_slot"] == 0
+    # (1.0 is 1 on every route, as the guest takes it)
+    assert http.post("/completion", json={"prompt": prompt, "n_predict": 1, "id_slot": 1.0}).json()["id_slot"] == 1
     assert "id_slot" not in http.post("/v1/completions", json={"prompt": "hi", "max_tokens": 2}).json()
 
 

@@ -64,6 +64,8 @@ def field(body: dict, name: str, kind: type | tuple[type, ...], default: Any = N
         return default
     value = body[name]
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if int in kinds and isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)  # (3.0 is 3, as the guest and Python's json-based servers take it)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         expected = " or ".join(_KIND_NAMES[k] for k in kinds if not (k is int and float in kinds))
         raise CompatError(name, f"'{name}' must be {expected}")
