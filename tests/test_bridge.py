@@ -267,7 +267,9 @@ def test_compute_before_input_and_bad_indexes(runner):
      b'{"grammar": "root ::= tool-0", "grammar-schemas": {"root": {"type": "string"}}}',
      b'{"grammar": "root ::= tool-0", "grammar-schemas": {"tool-0": {"type": "nothing"}}}',
      b'{"grammar": "root ::= tool-0", "grammar-schemas": {"tool-0": 3}}',
-     b'{"id-slot": 4}', b'{"id-slot": -2}', b'{"id-slot": true}', b'{"return-tokens": 1}'],
+     b'{"id-slot": 4}', b'{"id-slot": -2}', b'{"id-slot": true}', b'{"return-tokens": 1}',
+     b'{"dry-sequence-breakers": ' + json.dumps(["x"] * 33).encode() + b"}",
+     b'{"dry-sequence-breakers": ["' + b"x" * 257 + b'"]}', b'{"mirostat": 1.5}', b'{"xtc-probability": "x"}'],
 )
 def test_malformed_metadata(runner, metadata):
     p = Program(pages=8)

@@ -179,12 +179,13 @@ def compat_route(api: compat.Endpoint) -> Callable:
     return endpoint
 
 
-async def _run_compat(request: Request, api: compat.Endpoint, body: bytes) -> Response:
+async def _run_compat(request: Request, api: compat.Endpoint, body: bytes, parsed: dict | None = None) -> Response:
+    """``parsed``: the body, where the route has parsed it already (to tell the APIs apart)."""
     state: State = request.app.state.llama
     lease: Lease | None = None  # the model prepare used: held until the guest holds it too (no unload between)
     try:
         try:
-            translated = api.request(load_json(body))
+            translated = api.request(load_json(body) if parsed is None else parsed)
             if api.prepare is not None and (route := _route_for(state, translated.get("model"))) is not None:
                 lease = await anyio.to_thread.run_sync(state.registry.acquire, route.preload, limiter=state.limiter)
                 translated = await anyio.to_thread.run_sync(api.prepare, lease.served, translated,
@@ -258,8 +259,8 @@ async def embeddings_route(request: Request) -> Response:
     if isinstance(parsed, dict) and "content" in parsed:
         if request.app.state.llama.settings.per_token_embeddings:
             return await run_model_tool(request, llama_server.token_embeddings, body)
-        return await _run_compat(request, llama_server.NATIVE_EMBEDDINGS, body)
-    return await _run_compat(request, LLM_API_EMBEDDINGS, body)
+        return await _run_compat(request, llama_server.NATIVE_EMBEDDINGS, body, parsed)
+    return await _run_compat(request, LLM_API_EMBEDDINGS, body, parsed if isinstance(parsed, dict) else None)
 
 
 async def completions_route(request: Request) -> Response:
@@ -268,8 +269,8 @@ async def completions_route(request: Request) -> Response:
     body = await _request_body(request)
     if isinstance(body, Response):
         return body
-    if llama_server.is_native_completion(_parsed(body)):
-        return await _run_compat(request, llama_server.NATIVE_COMPLETIONS, body)
+    if llama_server.is_native_completion(parsed := _parsed(body)):
+        return await _run_compat(request, llama_server.NATIVE_COMPLETIONS, body, parsed)
     return await run_guest(request, "complete", "/completions", body)
 
 

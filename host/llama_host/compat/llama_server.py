@@ -228,21 +228,24 @@ def _probabilities(logprobs: dict | None) -> list[dict]:
     return (logprobs or {}).get("content") or []
 
 
-def _final(request: dict, index: int, model: str, content: str, finish: str | None, usage: dict | None,
-           logprobs: dict | None, stop_word: str | None, timings: dict | None, tokens: list[int], slot: int) -> dict:
-    """One prompt's result (``timings`` where known: llama-server's own counts come first)."""
+def _final(request: dict, choice: dict, answer: dict, content: str, usage: dict | None, timings: dict | None) -> dict:
+    """One prompt's result, from its OpenAI choice (finish_reason, stop_word, logprobs, token_ids)
+    and the answer, or last chunk, it came in (model, id_slot); ``timings`` where known:
+    llama-server's own counts come first."""
     usage = usage or {}
+    index, finish, stop_word = choice.get("index", 0), choice.get("finish_reason"), choice.get("stop_word")
     given = request["_prompts"][index]
     n_prompt = request["_n_prompt"][index] if "_n_prompt" in request else usage.get("prompt_tokens", 0)
     cached = timings["cache_n"] if timings and "cache_n" in timings else cached_tokens(usage) if index == 0 else 0
     out = {
-        "index": index, "content": content, "tokens": tokens, "id_slot": slot, "stop": True, "model": model,
+        "index": index, "content": content, "tokens": choice.get("token_ids", []), "id_slot": answer.get("id_slot", -1),
+        "stop": True, "model": answer.get("model", request.get("model", "")),
         "tokens_predicted": timings["predicted_n"] if timings else usage.get("completion_tokens", 0),
         "tokens_evaluated": n_prompt, "tokens_cached": cached,
         "generation_settings": _settings(request), "prompt": given if isinstance(given, str) else "",
         "has_new_line": "\n" in content, "truncated": False,
         "stop_type": "limit" if finish == "length" else "word" if stop_word else "eos", "stopping_word": stop_word or "",
-        **({"completion_probabilities": _probabilities(logprobs)} if "logprobs" in request else {}),
+        **({"completion_probabilities": _probabilities(choice.get("logprobs"))} if "logprobs" in request else {}),
     }
     out = {**out, "timings": timings} if timings else out
     return _picked(out, request["_response_fields"]) if "_response_fields" in request else out
@@ -255,9 +258,7 @@ def completion_response(request: dict, answer: dict, _seconds: float) -> dict | 
         i = choice["index"]
         timings = answer.get("timings") if i == 0 else None  # (the answer's are its first choice's)
         usage = answer.get("usage") if len(answer["choices"]) == 1 else None
-        results.append(_final(request, i, answer["model"], choice["text"], choice["finish_reason"], usage,
-                              choice.get("logprobs"), choice.get("stop_word"), timings,
-                              choice.get("token_ids", []), answer.get("id_slot", -1)))
+        results.append(_final(request, choice, answer, choice["text"], usage, timings))
     return results[0] if len(results) == 1 else results
 
 
@@ -267,27 +268,23 @@ class CompletionStream:
 
     def __init__(self, request: dict) -> None:
         self.request = request
-        self.model = request.get("model", "")
-        # index -> finish, stop word, timings, token ids not sent with text (cut by a stop string), slot
-        self.ends: dict[int, tuple[str | None, str | None, dict | None, list[int], int]] = {}
+        self.ends: dict[int, tuple[dict, dict]] = {}  # index -> its last choice, and the chunk it came in
         self.usage: dict | None = None
 
     def event(self, payload: bytes) -> bytes:
         if payload == b"[DONE]":
             single = len(self.request["_prompts"]) == 1
-            return b"".join(_data(_final(self.request, i, self.model, "", finish, self.usage if single else None, None,
-                                         stop_word, timings, tokens, slot))
-                            for i, (finish, stop_word, timings, tokens, slot) in sorted(self.ends.items()))
+            return b"".join(_data(_final(self.request, choice, chunk, "", self.usage if single else None,
+                                         chunk.get("timings")))
+                            for _, (choice, chunk) in sorted(self.ends.items()))
         chunk = orjson.loads(payload)
-        self.model = chunk.get("model", self.model)
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         out = b""
         for choice in chunk.get("choices") or []:
             i = choice.get("index", 0)
-            if choice.get("finish_reason"):
-                self.ends[i] = (choice["finish_reason"], choice.get("stop_word"), chunk.get("timings"),
-                                choice.get("token_ids", []), chunk.get("id_slot", -1))
+            if choice.get("finish_reason"):  # (its token ids: those a stop string cut)
+                self.ends[i] = (choice, chunk)
             if choice.get("text"):
                 piece = {"index": i, "content": choice["text"], "tokens": choice.get("token_ids", []), "stop": False,
                          "id_slot": self.request.get("id_slot", -1)}
